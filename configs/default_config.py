@@ -1,0 +1,77 @@
+"""Values shared by every config; a config module deep-copies `basic_cfg` and states what differs.
+
+Field names here are the contract between configs, datasets (data/ds_*.py), models (models/mdl_*.py)
+and train.py; SPEC section 7 gives the values.
+"""
+from types import SimpleNamespace
+
+cfg = SimpleNamespace()
+
+# --- identity and files -------------------------------------------------------------------------
+cfg.name = "default_config"  # set to the module name by each config
+cfg.dataset = "ds_1"  # module in data/
+cfg.model = "mdl_1"  # module in models/
+cfg.data_dir = "datamount"  # everything below is relative to it unless absolute
+cfg.train_df = "train_folded_6k6c.csv"  # rows to train on (filtered by fold)
+cfg.val_df = "train_folded_6k6.csv"  # golden validation rows
+cfg.train_eeg_dir = "train_eegs"
+cfg.test_eeg_dir = "test_eegs"
+cfg.cache_dir = None  # decoded-recording cache; None -> <data_dir>/cache/eeg_npy
+cfg.output_dir = "output"  # runs go to <output_dir>/<name>/fold<fold>/seed<seed>/
+cfg.fold = 0  # -1: train on all rows (validation still shown on fold 0)
+cfg.seed = -1  # -1: draw a random seed (and record it)
+
+# --- labels ---------------------------------------------------------------------------------------
+cfg.label_cols = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
+cfg.n_classes = 6
+
+# --- signal window and preprocessing (SPEC section 5) ---------------------------------------------
+cfg.sample_rate = 200
+cfg.window_len = 10_000  # 50 s
+cfg.shift_max = 3333  # training-time window shift, samples either side
+cfg.clip_value = 1024.0
+cfg.scale = 32.0
+cfg.butter_low = 0.5
+cfg.butter_high = 20.0
+cfg.butter_order = 2
+cfg.flip_p = 0.5  # left/right swap
+cfg.band_aug_p = 0.2
+cfg.band_aug_max_channels = 8
+cfg.center_jitter_p = 0.0  # ds_1 only: 0.7
+
+# --- model ----------------------------------------------------------------------------------------
+cfg.backbone = "mixnet_xl"
+cfg.pretrained = True
+cfg.pretrained_weights = None  # path to a local timm state dict; used instead of a download
+cfg.in_chans = 3
+cfg.drop_rate = 0.2
+cfg.drop_path_rate = 0.2
+cfg.pool = "gem"
+cfg.gem_p_init = 3.0
+cfg.channel_dropout_p = 0.5
+cfg.channel_dropout_max = 8
+
+# --- optimisation (SPEC section 7) ----------------------------------------------------------------
+cfg.optimizer = "Adam"
+cfg.weight_decay = 0.0
+cfg.schedule = "cosine"  # cosine decay to 0, no warm-up, stepped every iteration
+cfg.epochs = 12
+cfg.lr = 1.2e-3
+cfg.batch_size = 16
+cfg.batch_size_val = None  # None -> batch_size
+cfg.grad_accumulation = 1
+cfg.clip_grad = 20.0
+cfg.mixed_precision = True  # used on CUDA; on CPU only with --cpu_amp True (bfloat16)
+cfg.cpu_amp = False
+cfg.eval_epochs = 1
+cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (ds_2 curriculum)
+cfg.curr_epoch = 0  # set by train.py before each (re)build of the train dataset
+cfg.num_workers = 4
+cfg.max_train_rows = None  # demo/test override: keep only the first N train rows
+cfg.max_val_rows = None
+
+# --- logging --------------------------------------------------------------------------------------
+cfg.neptune_project = None  # or env NEPTUNE_PROJECT
+cfg.neptune_mode = None  # None -> env NEPTUNE_MODE, else "async" with a token, "offline" without
+
+basic_cfg = cfg

@@ -1,0 +1,1 @@
+"""Dataset modules (ds_*) and the signal pieces they share."""

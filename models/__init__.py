@@ -1,0 +1,1 @@
+"""Model modules (mdl_*) and the layers they share."""

@@ -1,0 +1,1 @@
+"""Project-wide helpers: config loading, the competition metric, checked file reading."""

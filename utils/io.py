@@ -1,0 +1,83 @@
+"""Checked reading of the competition files: every failure is one line naming the file and the fault."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from data.signal import EEG_COLUMNS
+
+
+class DataError(ValueError):
+    """Bad or missing input data; str(err) is a one-line message naming the file."""
+
+
+def require_dir(path, what: str = "data folder") -> Path:
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} not found (generate one with `python scripts/make_synthetic_data.py` "
+                        f"or unzip the Kaggle data there)")
+    return path
+
+
+def read_csv_checked(path, required=(), what: str = "csv") -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path)
+    except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear line
+        raise DataError(f"{path}: cannot read {what}: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df
+
+
+def read_eeg_parquet(path) -> np.ndarray:
+    """Whole recording as float32 (T, 20) in EEG_COLUMNS order (NaN kept)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: eeg file not found")
+    try:
+        table = pq.read_table(path)
+    except Exception as err:  # noqa: BLE001
+        raise DataError(f"{path}: unreadable parquet: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+    missing = [c for c in EEG_COLUMNS if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing eeg column(s) {', '.join(missing)}")
+    if table.num_rows == 0:
+        raise DataError(f"{path}: eeg file has no rows")
+    return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                     for c in EEG_COLUMNS], axis=1)
+
+
+def atomic_write_bytes(path, write_fn) -> None:
+    """Call write_fn(tmp_path) then rename onto `path`, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write_fn(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a script's main; data/config errors print one line on stderr and exit 2."""
+    from utils.config import ConfigError
+
+    try:
+        main(argv)
+    except (DataError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
