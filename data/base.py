@@ -1,0 +1,96 @@
+"""What every dataset module shares: rows -> 50 s window (with the training shift), targets, RNG.
+
+Per-item randomness comes from a numpy Generator seeded by torch's RNG, so DataLoader workers get
+distinct streams and a run seeded (or resumed) through torch's state repeats its augmentations.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from data.eeg_store import EEGStore
+from data.signal import FS, LABEL_COLS
+from utils.io import DataError
+
+MODES = ("train", "val", "test")
+
+
+def eeg_dir_for(cfg, mode: str) -> Path:
+    return Path(cfg.data_dir) / (cfg.test_eeg_dir if mode == "test" else cfg.train_eeg_dir)
+
+
+def window_start(offset: int, rec_len: int, window: int, shift_max: int, rng) -> tuple[int, int]:
+    """(start, center) of the model window. Training: start drawn in [offset - shift, offset + shift]
+    and clipped to the file; center = window // 2 + (offset - start) marks the label centre."""
+    if rng is None or shift_max <= 0:
+        start = offset
+    else:
+        start = int(rng.integers(offset - shift_max, offset + shift_max + 1))
+    start = int(np.clip(start, 0, max(rec_len - window, 0)))
+    return start, window // 2 + (offset - start)
+
+
+class EEGWindowDataset(Dataset):
+    """Base: subclasses implement `transform(x, center, rng, idx) -> dict` on the raw (T, 20) window."""
+
+    def __init__(self, df: pd.DataFrame, cfg, mode: str = "train"):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if "eeg_id" not in df.columns:
+            raise DataError("rows have no eeg_id column")
+        self.cfg, self.mode, self.training = cfg, mode, mode == "train"
+        self.df = df.reset_index(drop=True)
+        self.store = EEGStore(eeg_dir_for(cfg, mode), cfg.cache_dir)
+        self.eeg_ids = self.df["eeg_id"].to_numpy(np.int64)
+        if mode != "test" and "eeg_label_offset_seconds" in self.df.columns:
+            self.offsets = np.round(self.df["eeg_label_offset_seconds"].to_numpy(np.float64) * FS).astype(np.int64)
+        else:
+            self.offsets = np.zeros(len(self.df), dtype=np.int64)  # test recordings are exactly 50 s
+        if all(c in self.df.columns for c in LABEL_COLS):
+            votes = self.df[LABEL_COLS].to_numpy(np.float32)
+            total = votes.sum(axis=1, keepdims=True)
+            self.targets = np.divide(votes, total, out=np.zeros_like(votes), where=total > 0)
+        elif mode == "test":
+            self.targets = np.zeros((len(self.df), len(LABEL_COLS)), dtype=np.float32)
+        else:
+            raise DataError(f"{mode} rows lack the vote columns {', '.join(LABEL_COLS)}")
+
+    def __len__(self) -> int:
+        return len(self.df)
+
+    def item_rng(self):
+        """A fresh Generator per training item (None in val/test: no augmentation)."""
+        if not self.training:
+            return None
+        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+
+    def raw_window(self, idx: int, rng) -> tuple[np.ndarray, int]:
+        """(window (cfg.window_len, 20) float32 with NaN kept, center). A recording shorter than the
+        window is padded with NaN at its end (so with zeros after NaN -> 0): a documented fallback."""
+        cfg = self.cfg
+        eeg_id = self.eeg_ids[idx]
+        rec_len = self.store.length(eeg_id)
+        offset = int(self.offsets[idx])
+        if offset >= rec_len:
+            raise DataError(f"{self.store.source(eeg_id)}: label offset {offset / FS:.1f} s is past the "
+                            f"recording's end ({rec_len / FS:.1f} s)")
+        start, center = window_start(offset, rec_len, cfg.window_len, cfg.shift_max if rng is not None else 0, rng)
+        x = self.store.window(eeg_id, start, cfg.window_len)
+        if len(x) < cfg.window_len:
+            x = np.concatenate([x, np.full((cfg.window_len - len(x), x.shape[1]), np.nan, np.float32)])
+        return x, center
+
+    def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, idx: int) -> dict:
+        rng = self.item_rng()
+        x, center = self.raw_window(idx, rng)
+        out = self.transform(x, center, rng, idx)
+        out.setdefault("target", torch.from_numpy(self.targets[idx]))
+        out.setdefault("center", torch.tensor(out.pop("_center", center), dtype=torch.long))
+        return out
