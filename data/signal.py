@@ -15,6 +15,8 @@ EEG_COLUMNS = ["Fp1", "F3", "C3", "P3", "F7", "T3", "T5", "O1", "Fz", "Cz", "Pz"
                "Fp2", "F4", "C4", "P4", "F8", "T4", "T6", "O2", "EKG"]
 LABEL_COLS = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
 CLASSES = ["Seizure", "LPD", "GPD", "LRDA", "GRDA", "Other"]
+# column names of saved logits (validation and inference files), in LABEL_COLS order
+LOGIT_COLS = [f"logit_{c.split('_')[0]}" for c in LABEL_COLS]
 
 # 16 bipolar channels, left and right alternating: even index = left, odd = right hemisphere.
 MONTAGE = [("Fp1", "F7"), ("Fp2", "F8"), ("F7", "T3"), ("F8", "T4"), ("T3", "T5"), ("T4", "T6"),

@@ -1,0 +1,33 @@
+"""Turn a config into its dataset and model: the one place that maps cfg.dataset / cfg.model to modules."""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import data
+import models
+from utils.config import ConfigError
+
+
+def _module(package, name: str, kind: str):
+    names = sorted(m.name for m in pkgutil.iter_modules(package.__path__))
+    if name not in names:
+        raise ConfigError(f"{kind} module '{name}' does not exist in {package.__name__}/ "
+                          f"(have: {', '.join(n for n in names if n.startswith(('ds_', 'mdl_')))})")
+    return importlib.import_module(f"{package.__name__}.{name}")
+
+
+def dataset_module(cfg):
+    return _module(data, cfg.dataset, "dataset")
+
+
+def model_module(cfg):
+    return _module(models, cfg.model, "model")
+
+
+def build_dataset(df, cfg, mode: str = "train"):
+    return dataset_module(cfg).CustomDataset(df, cfg, mode=mode)
+
+
+def build_model(cfg):
+    return model_module(cfg).Net(cfg)
