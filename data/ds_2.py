@@ -1,0 +1,101 @@
+"""ds_2: the raw-signal dataset of the 1D model (mdl_2), SPEC section 5.
+
+Order of operations per window (the reference's order as far as it can be inferred; documented so
+the choice is visible): montage -> NaN to 0 -> causal band-pass (order cfg.butter_order,
+1.6-30 Hz) -> [train] band augmentation -> [train] time reversal -> [train] hemisphere swap ->
+clip -> /32. Reversal, swap, clip and scaling commute; the band-pass and its augmentation run on
+the signal as recorded, so the causal filter always sees real time order.
+
+Vote-count curriculum: every row gets `label_weight` from its vote total, computed once at
+construction from cfg.curr_epoch / cfg.epochs (train.py rebuilds the train dataset each epoch when
+cfg.reload_train_loader is set). Validation and test rows weigh 1.0.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from data.base import EEGWindowDataset
+from data.signal import BIPOLAR_FLIP, LABEL_COLS, bandpass, clip_scale, to_bipolar
+from utils.config import ConfigError
+from utils.io import DataError
+
+
+def curriculum_weights(vote_sums: np.ndarray, epoch: int, epochs: int, min_votes, base_weights,
+                       decay: float = 1.2, floor: float = 0.02) -> np.ndarray:
+    """Per-row weight: a row takes the *last* range whose lower vote bound it reaches (so with
+    bounds [0, 3, 8] a row of 8 votes is in the last range); all ranges but the last decay as
+    max(base * (1 - decay * epoch / epochs), floor); the last keeps its base weight."""
+    bounds = np.asarray(min_votes, dtype=np.float64)
+    base = np.asarray(base_weights, dtype=np.float64)
+    if len(bounds) != len(base) or len(bounds) == 0 or np.any(np.diff(bounds) <= 0):
+        raise ConfigError("curriculum_min_votes must be increasing and as long as curriculum_weights")
+    factor = 1.0 - decay * epoch / max(epochs, 1)
+    weights = np.maximum(base * factor, floor)
+    weights[-1] = base[-1]
+    idx = np.searchsorted(bounds, np.asarray(vote_sums, dtype=np.float64), side="right") - 1
+    return weights[np.clip(idx, 0, len(bounds) - 1)].astype(np.float32)
+
+
+def band_augment(x: np.ndarray, rng, low_range, high_range, order: int, max_channels: int) -> np.ndarray:
+    """Re-filter 1..max_channels channels (drawn with replacement, so fewer distinct ones may be hit;
+    each distinct channel is filtered once) with one random band: high an integer in high_range
+    [lo, hi), low uniform in low_range [lo, hi)."""
+    n = int(rng.integers(1, max_channels + 1))
+    chans = np.unique(rng.integers(0, x.shape[1], n))
+    high = int(rng.integers(int(high_range[0]), int(high_range[1])))
+    low = float(rng.uniform(low_range[0], low_range[1]))
+    x = x.copy()
+    x[:, chans] = bandpass(x[:, chans], low, high, order)
+    return x
+
+
+class CustomDataset(EEGWindowDataset):
+    def __init__(self, df, cfg, mode: str = "train"):
+        super().__init__(df, cfg, mode)
+        order = cfg.butter_order
+        if not isinstance(order, int) or isinstance(order, bool) or order < 0:
+            raise ConfigError(f"butter_order must be an integer >= 0 (0: no band-pass), got {order!r}")
+        if self.training and all(c in self.df.columns for c in LABEL_COLS):
+            sums = self.df[LABEL_COLS].to_numpy(np.float64).sum(axis=1)
+            self.label_weights = curriculum_weights(
+                sums, cfg.curr_epoch, cfg.epochs, cfg.curriculum_min_votes, cfg.curriculum_weights,
+                cfg.curriculum_decay, cfg.curriculum_floor)
+        else:
+            self.label_weights = np.ones(len(self.df), dtype=np.float32)
+        self._all_nan = {}  # eeg_id -> recording is NaN throughout (checked only for all-NaN windows)
+
+    def _check_not_all_nan(self, idx: int) -> None:
+        """An all-NaN window becomes zeros, unless the whole recording is NaN: that is bad data."""
+        eeg_id = int(self.eeg_ids[idx])
+        if eeg_id not in self._all_nan:
+            self._all_nan[eeg_id] = bool(np.isnan(self.store.recording(eeg_id)[:, :-1]).all())
+        if self._all_nan[eeg_id]:
+            raise DataError(f"{self.store.source(eeg_id)}: recording is NaN throughout (no signal)")
+
+    def preprocess(self, x: np.ndarray) -> np.ndarray:
+        """(T, 20) electrodes with NaN -> (T, 16) band-passed bipolar channels (float64)."""
+        cfg = self.cfg
+        bip = np.nan_to_num(to_bipolar(x.astype(np.float64)), nan=0.0)
+        if cfg.butter_order > 0:
+            bip = bandpass(bip, cfg.butter_low, cfg.butter_high, cfg.butter_order)
+        return bip
+
+    def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
+        cfg = self.cfg
+        if np.isnan(x[:, :-1]).all():  # EKG (last column) plays no part in the montage
+            self._check_not_all_nan(idx)
+        x = self.preprocess(x)
+        if rng is not None:
+            if rng.random() < cfg.band_aug_p:
+                x = band_augment(x, rng, cfg.band_aug_low, cfg.band_aug_high, max(cfg.butter_order, 1),
+                                 cfg.band_aug_max_channels)
+            if rng.random() < cfg.time_reverse_p:
+                x = x[::-1]
+                center = len(x) - center  # the label's central 10 s mirror with the window
+            if rng.random() < cfg.flip_p:
+                x = x[:, BIPOLAR_FLIP]
+        x = clip_scale(x, cfg.clip_value, cfg.scale).astype(np.float32)
+        return {"input": torch.from_numpy(np.ascontiguousarray(x)),
+                "label_weight": torch.tensor(self.label_weights[idx], dtype=torch.float32),
+                "_center": center}
