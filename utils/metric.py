@@ -64,3 +64,32 @@ def score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name: 
         raise MetricError(f"{int(bad.sum())} submission row(s) do not sum to 1 (e.g. {sums[bad][0]:.6f})")
     target = votes_to_target(solution[label_cols].to_numpy())
     return kl_divergence(target, sub)
+
+
+def prior_kl(train_targets: np.ndarray, val_targets: np.ndarray) -> float:
+    """KL of predicting the training rows' mean vote share for every validation row (the baseline)."""
+    prior = np.asarray(train_targets, dtype=np.float64).mean(axis=0)
+    val = np.asarray(val_targets, dtype=np.float64)
+    return kl_divergence(val, np.broadcast_to(prior, val.shape))
+
+
+def oracle_kl(rows_df: pd.DataFrame, data_dir) -> float | None:
+    """KL of predicting each row's latent class probabilities (synthetic data only: the best any
+    model can score on these rows); None when <data_dir>/synthetic_latent.csv is absent."""
+    from pathlib import Path
+
+    from utils.io import DataError, read_csv_checked
+
+    path = Path(data_dir) / "synthetic_latent.csv"
+    if not path.is_file():
+        return None
+    latent = read_csv_checked(path, required=("label_id", *LABEL_COLS), what="latent probabilities")
+    if "label_id" not in rows_df.columns:
+        raise MetricError("rows have no label_id column")
+    lat = latent.set_index("label_id")[list(LABEL_COLS)]
+    missing = ~rows_df["label_id"].isin(lat.index)
+    if missing.any():
+        raise DataError(f"{path}: {int(missing.sum())} row(s) have no latent probabilities "
+                        f"(e.g. label_id {rows_df['label_id'][missing].iloc[0]}); regenerate the data")
+    pred = lat.loc[rows_df["label_id"]].to_numpy(np.float64)
+    return kl_divergence(votes_to_target(rows_df[list(LABEL_COLS)].to_numpy()), pred)
