@@ -1,0 +1,39 @@
+"""mdl_1 (SPEC 6): 16 per-channel mels stacked vertically into one image -> mixnet_xl (in_chans 1) -> GeM -> 6."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from models.backbone import create_backbone
+from models.layers import GeM, MelFrontEnd, channel_dropout, kl_loss
+
+
+class Net(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.cfg = cfg
+        self.mel = MelFrontEnd(cfg.spec_args, getattr(cfg, "top_db", None))
+        self.backbone = create_backbone(cfg, in_chans=cfg.in_chans)
+        self.pool = GeM(p=cfg.gem_p_init, eps=1e-6)
+        self.head = nn.Linear(self.backbone.num_features, cfg.n_classes)
+
+    def channel_dropout(self, x: torch.Tensor) -> torch.Tensor:
+        """Training only: zero whole channels (dim 1) per sample."""
+        if not self.training:
+            return x
+        return channel_dropout(x, self.cfg.channel_dropout_p, self.cfg.channel_dropout_max)
+
+    def make_image(self, batch: dict) -> torch.Tensor:
+        """(B, 10000, 16) signal -> (B, 1, 16 * mels, frames): channel 0 on top."""
+        spec = self.mel(batch["input"].transpose(1, 2))  # (B, 16, mels, frames)
+        spec = self.channel_dropout(spec)
+        b, c, f, t = spec.shape
+        return spec.reshape(b, 1, c * f, t)
+
+    def forward(self, batch: dict) -> dict:
+        feats = self.backbone(self.make_image(batch))
+        logits = self.head(self.pool(feats))
+        out = {"logits": logits}
+        if "target" in batch:
+            out["loss"] = kl_loss(logits, batch["target"])
+        return out
