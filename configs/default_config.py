@@ -37,6 +37,8 @@ cfg.butter_order = 2
 cfg.flip_p = 0.5  # left/right swap
 cfg.band_aug_p = 0.2
 cfg.band_aug_max_channels = 8
+cfg.band_aug_low = [0.0001, 2.0]  # low cut uniform in [lo, hi)
+cfg.band_aug_high = [10, 20]  # high cut an integer in [lo, hi)
 cfg.center_jitter_p = 0.0  # ds_1 only: 0.7
 
 # --- model ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from data.eeg_store import EEGStore
-from data.signal import FS, LABEL_COLS
+from data.signal import FS, LABEL_COLS, MONTAGE_ELECTRODES
 from utils.io import DataError
 
 MODES = ("train", "val", "test")
@@ -58,6 +58,7 @@ class EEGWindowDataset(Dataset):
             self.targets = np.zeros((len(self.df), len(LABEL_COLS)), dtype=np.float32)
         else:
             raise DataError(f"{mode} rows lack the vote columns {', '.join(LABEL_COLS)}")
+        self._silent = {}  # eeg_id -> the montage electrodes are NaN throughout the recording
 
     def __len__(self) -> int:
         return len(self.df)
@@ -84,12 +85,25 @@ class EEGWindowDataset(Dataset):
             x = np.concatenate([x, np.full((cfg.window_len - len(x), x.shape[1]), np.nan, np.float32)])
         return x, center
 
+    def check_signal(self, x: np.ndarray, idx: int) -> None:
+        """A window whose montage electrodes are all NaN becomes zeros (a gap), unless the whole
+        recording is NaN there: that recording has no signal at all and is bad data."""
+        if not np.isnan(x[:, MONTAGE_ELECTRODES]).all():
+            return
+        eeg_id = int(self.eeg_ids[idx])
+        silent = self._silent.get(eeg_id)
+        if silent is None:
+            silent = self._silent[eeg_id] = bool(np.isnan(self.store.recording(eeg_id)[:, MONTAGE_ELECTRODES]).all())
+        if silent:
+            raise DataError(f"{self.store.source(eeg_id)}: recording is NaN throughout (no signal)")
+
     def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
         raise NotImplementedError
 
     def __getitem__(self, idx: int) -> dict:
         rng = self.item_rng()
         x, center = self.raw_window(idx, rng)
+        self.check_signal(x, idx)
         out = self.transform(x, center, rng, idx)
         out.setdefault("target", torch.from_numpy(self.targets[idx]))
         out.setdefault("center", torch.tensor(out.pop("_center", center), dtype=torch.long))

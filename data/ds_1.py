@@ -14,18 +14,8 @@ import numpy as np
 import torch
 
 from data.base import EEGWindowDataset
-from data.signal import ELECTRODE_FLIP, bandpass, clip_scale, to_bipolar
+from data.signal import ELECTRODE_FLIP, band_augment, bandpass, clip_scale, to_bipolar
 from utils.config import ConfigError
-from utils.io import DataError
-
-
-def band_aug_params(rng, max_channels: int, n_channels: int = 16):
-    """(channels drawn with replacement, low cut, high cut) of one band augmentation."""
-    n = int(rng.integers(1, max_channels + 1))
-    channels = rng.integers(0, n_channels, n)
-    high = int(rng.integers(10, 20))
-    low = float(rng.uniform(0.0001, 2.0))
-    return channels, low, high
 
 
 class CustomDataset(EEGWindowDataset):
@@ -39,31 +29,17 @@ class CustomDataset(EEGWindowDataset):
             if getattr(cfg, "enlarge_len", None) is None:
                 raise ConfigError(f"{cfg.name}: center_jitter_p > 0 needs enlarge_len (the zoom length)")
             self.jitter_max = int(cfg.enlarge_len / 3)
-        self._all_nan = {}  # eeg_id -> recording is NaN throughout (checked only for NaN windows)
-
-    def _check_not_all_nan(self, idx: int) -> None:
-        eeg_id = int(self.eeg_ids[idx])
-        if eeg_id not in self._all_nan:
-            self._all_nan[eeg_id] = bool(np.isnan(self.store.recording(eeg_id)).all())
-        if self._all_nan[eeg_id]:
-            raise DataError(f"{self.store.source(eeg_id)}: recording is NaN throughout (no signal)")
 
     def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
         cfg = self.cfg
         if rng is not None and rng.random() < cfg.flip_p:
             x = x[:, ELECTRODE_FLIP]
         x = to_bipolar(x)
-        nan = np.isnan(x)
-        if nan.any():
-            if nan.all():
-                self._check_not_all_nan(idx)
-            x = np.where(nan, np.float32(0), x)
+        x = np.nan_to_num(x, nan=0.0)
         x = bandpass(x, cfg.butter_low, cfg.butter_high, cfg.butter_order)
         if rng is not None and rng.random() < cfg.band_aug_p:
-            channels, low, high = band_aug_params(rng, cfg.band_aug_max_channels, x.shape[1])
-            # re-filter on top of the band-pass above; a channel drawn twice is filtered once
-            ch = np.unique(channels)
-            x[:, ch] = bandpass(x[:, ch], low, high, cfg.butter_order)
+            x = band_augment(x, rng, cfg.band_aug_max_channels, cfg.band_aug_low, cfg.band_aug_high,
+                             cfg.butter_order)
         x = clip_scale(x, cfg.clip_value, cfg.scale)
         if rng is not None and self.jitter_p > 0 and rng.random() < self.jitter_p:
             center = center + int(rng.integers(-self.jitter_max, self.jitter_max + 1))

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from data.base import EEGWindowDataset
-from data.signal import BIPOLAR_FLIP, LABEL_COLS, bandpass, clip_scale, to_bipolar
+from data.signal import BIPOLAR_FLIP, LABEL_COLS, band_augment, bandpass, clip_scale, to_bipolar
 from utils.config import ConfigError
-from utils.io import DataError
 
 
 def curriculum_weights(vote_sums: np.ndarray, epoch: int, epochs: int, min_votes, base_weights,
@@ -37,18 +36,6 @@ def curriculum_weights(vote_sums: np.ndarray, epoch: int, epochs: int, min_votes
     return weights[np.clip(idx, 0, len(bounds) - 1)].astype(np.float32)
 
 
-def band_augment(x: np.ndarray, rng, low_range, high_range, order: int, max_channels: int) -> np.ndarray:
-    """Re-filter 1..max_channels channels (drawn with replacement, so fewer distinct ones may be hit;
-    each distinct channel is filtered once) with one random band: high an integer in high_range
-    [lo, hi), low uniform in low_range [lo, hi)."""
-    n = int(rng.integers(1, max_channels + 1))
-    chans = np.unique(rng.integers(0, x.shape[1], n))
-    high = int(rng.integers(int(high_range[0]), int(high_range[1])))
-    low = float(rng.uniform(low_range[0], low_range[1]))
-    x = x.copy()
-    x[:, chans] = bandpass(x[:, chans], low, high, order)
-    return x
-
 
 class CustomDataset(EEGWindowDataset):
     def __init__(self, df, cfg, mode: str = "train"):
@@ -63,15 +50,6 @@ class CustomDataset(EEGWindowDataset):
                 cfg.curriculum_decay, cfg.curriculum_floor)
         else:
             self.label_weights = np.ones(len(self.df), dtype=np.float32)
-        self._all_nan = {}  # eeg_id -> recording is NaN throughout (checked only for all-NaN windows)
-
-    def _check_not_all_nan(self, idx: int) -> None:
-        """An all-NaN window becomes zeros, unless the whole recording is NaN: that is bad data."""
-        eeg_id = int(self.eeg_ids[idx])
-        if eeg_id not in self._all_nan:
-            self._all_nan[eeg_id] = bool(np.isnan(self.store.recording(eeg_id)[:, :-1]).all())
-        if self._all_nan[eeg_id]:
-            raise DataError(f"{self.store.source(eeg_id)}: recording is NaN throughout (no signal)")
 
     def preprocess(self, x: np.ndarray) -> np.ndarray:
         """(T, 20) electrodes with NaN -> (T, 16) band-passed bipolar channels (float64)."""
@@ -83,13 +61,11 @@ class CustomDataset(EEGWindowDataset):
 
     def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
         cfg = self.cfg
-        if np.isnan(x[:, :-1]).all():  # EKG (last column) plays no part in the montage
-            self._check_not_all_nan(idx)
         x = self.preprocess(x)
         if rng is not None:
             if rng.random() < cfg.band_aug_p:
-                x = band_augment(x, rng, cfg.band_aug_low, cfg.band_aug_high, max(cfg.butter_order, 1),
-                                 cfg.band_aug_max_channels)
+                x = band_augment(x, rng, cfg.band_aug_max_channels, cfg.band_aug_low, cfg.band_aug_high,
+                                 max(cfg.butter_order, 1))
             if rng.random() < cfg.time_reverse_p:
                 x = x[::-1]
                 center = len(x) - center  # the label's central 10 s mirror with the window

@@ -37,6 +37,9 @@ for _l, _r in LR_PAIRS:
 # Bipolar-channel permutation that swaps hemispheres (even <-> odd), as ds_2 does.
 BIPOLAR_FLIP = np.arange(16).reshape(8, 2)[:, ::-1].reshape(-1)
 
+# Electrodes the montage reads (19 EEG electrodes minus Fz, Cz, Pz): a window is silent when all are NaN.
+MONTAGE_ELECTRODES = np.union1d(MONTAGE_A, MONTAGE_B)
+
 # Spectrogram chains of the competition's spectrogram files (SPEC 1).
 CHAINS = {"LL": ["Fp1", "F7", "T3", "T5", "O1"], "RL": ["Fp2", "F8", "T4", "T6", "O2"],
           "LP": ["Fp1", "F3", "C3", "P3", "O1"], "RP": ["Fp2", "F4", "C4", "P4", "O2"]}
@@ -62,3 +65,23 @@ def bandpass(x: np.ndarray, low: float, high: float, order: int, fs: float = FS,
 
 def clip_scale(x: np.ndarray, clip: float = 1024.0, scale: float = 32.0) -> np.ndarray:
     return np.clip(x, -clip, clip) / scale
+
+
+def band_aug_params(rng, max_channels: int, low_range, high_range, n_channels: int = 16):
+    """One band augmentation draw: (1..max_channels channels with replacement, low cut uniform in
+    low_range [lo, hi), high cut an integer in high_range [lo, hi))."""
+    n = int(rng.integers(1, max_channels + 1))
+    channels = rng.integers(0, n_channels, n)
+    high = int(rng.integers(int(high_range[0]), int(high_range[1])))
+    low = float(rng.uniform(low_range[0], low_range[1]))
+    return channels, low, high
+
+
+def band_augment(x: np.ndarray, rng, max_channels: int, low_range, high_range, order: int) -> np.ndarray:
+    """Re-filter randomly chosen bipolar channels of (T, 16) `x` with a random band, on top of the
+    main band-pass; a channel drawn twice is filtered once. Returns a new array."""
+    channels, low, high = band_aug_params(rng, max_channels, low_range, high_range, x.shape[1])
+    ch = np.unique(channels)
+    x = x.copy()
+    x[:, ch] = bandpass(x[:, ch], low, high, order)
+    return x

@@ -7,7 +7,7 @@ from scipy.signal import butter, lfilter
 
 from conftest import write_recording
 from data import ds_1, ds_1a
-from data.signal import LABEL_COLS
+from data.signal import LABEL_COLS, band_aug_params
 from utils.config import ConfigError, load_config
 from utils.io import DataError
 
@@ -132,7 +132,8 @@ def test_augmentation_rates(one_rec):
 
 def test_band_aug_parameter_ranges():
     rng = np.random.default_rng(0)
-    draws = [ds_1.band_aug_params(rng, 8) for _ in range(3000)]
+    cfg = load_config("cfg_5a")
+    draws = [band_aug_params(rng, 8, cfg.band_aug_low, cfg.band_aug_high) for _ in range(3000)]
     n = np.array([len(c) for c, _, _ in draws])
     lows = np.array([lo for _, lo, _ in draws])
     highs = np.array([hi for _, _, hi in draws])
