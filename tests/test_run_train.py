@@ -1,0 +1,108 @@
+"""run_train.sh: the 144 runs of SPEC 8, sharding, skipping/resuming, GPU slots, failure reporting."""
+import os
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "run_train.sh"
+CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
+LINE = re.compile(r"^python train\.py -C (cfg_\w+) --fold (-?\d) --seed (\d+)( --resume)?( .*)?$")
+
+
+def sh(*args, env=None, timeout=120):
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHON": "python", **(env or {})})
+
+
+def runs(res):
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.strip().splitlines()
+    parsed = [LINE.match(line) for line in lines]
+    assert all(parsed), lines
+    return [m.groups() for m in parsed]
+
+
+def test_dry_run_lists_the_144_runs(tmp_path):
+    rs = runs(sh("--dry-run", "--output_dir", str(tmp_path)))
+    assert len(rs) == 144 and len({r[:3] for r in rs}) == 144
+    assert Counter(r[0] for r in rs) == {c: 16 for c in CONFIGS}
+    per_cfg_fold = Counter((r[0], r[1]) for r in rs)
+    assert all(per_cfg_fold[(c, f)] == 2 for c in CONFIGS for f in "0123")
+    assert all(per_cfg_fold[(c, "-1")] == 8 for c in CONFIGS)
+    assert rs == runs(sh("--dry-run", "--output_dir", str(tmp_path)))  # explicit, repeatable seeds
+
+
+def test_shards_partition_the_runs_and_extra_args_pass_through(tmp_path):
+    full = runs(sh("--dry-run", "--output_dir", str(tmp_path)))
+    shards = [runs(sh("--dry-run", "--shard", f"{i}/3", "--output_dir", str(tmp_path), "--epochs", "1"))
+              for i in range(3)]
+    assert [len(s) for s in shards] == [48, 48, 48]
+    assert sorted(r[:3] for s in shards for r in s) == sorted(r[:3] for r in full)
+    assert shards[1][0][:3] == full[1][:3] and shards[1][1][:3] == full[4][:3]  # every 3rd run from run 1
+    assert all(r[4].endswith("--epochs 1") for s in shards for r in s)
+    bad = sh("--dry-run", "--shard", "3/3")
+    assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
+    (tmp_path / "cfg_1/fold0/seed1001").mkdir(parents=True)
+    (tmp_path / "cfg_1/fold0/seed1001/checkpoint.pth").write_bytes(b"x")
+    (tmp_path / "cfg_5d/fold-1/seed2008").mkdir(parents=True)
+    (tmp_path / "cfg_5d/fold-1/seed2008/last_state.pth").write_bytes(b"x")
+    res = sh("--dry-run", "--output_dir", str(tmp_path))
+    rs = runs(res)
+    assert len(rs) == 143 and ("cfg_1", "0", "1001") not in {r[:3] for r in rs}
+    assert "skip (finished): cfg_1 fold 0 seed 1001" in res.stderr
+    assert [r[:4] for r in rs if r[3]] == [("cfg_5d", "-1", "2008", " --resume")]
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for `python train.py -C cfg --fold f --seed s ... --output_dir d`: records the call, marks the run done
+shift; cfg=$2; fold=$4; seed=$6; out=output
+while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done
+echo "gpu=${CUDA_VISIBLE_DEVICES:-none} $cfg $fold $seed" >> "$CALLS"
+sleep 0.3
+if [ "$seed" = "${FAIL_SEED:-}" ]; then echo "Traceback: boom"; exit 3; fi
+mkdir -p "$out/$cfg/fold$fold/seed$seed" && touch "$out/$cfg/fold$fold/seed$seed/checkpoint.pth"
+"""
+
+
+def fake_env(tmp_path, **extra):
+    fake = tmp_path / "fake_python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    return {"PYTHON": str(fake), "CALLS": str(tmp_path / "calls.txt"), **extra}
+
+
+def test_gpu_slots_skip_on_rerun_and_failure_names_the_run(tmp_path):
+    out = tmp_path / "out"
+    env = fake_env(tmp_path)
+    res = sh("--configs", "cfg_2a", "--gpus", "0,1", "--output_dir", str(out), env=env)
+    assert res.returncode == 0 and "all runs finished" in res.stdout, res.stderr
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 16 and {c.split()[0] for c in calls} == {"gpu=0", "gpu=1"}
+    assert len(list(out.glob("cfg_2a/fold*/seed*/checkpoint.pth"))) == 16
+    assert len(list((out / "logs").glob("cfg_2a_fold*_seed*.log"))) == 16
+
+    res = sh("--configs", "cfg_2a", "--output_dir", str(out), env=env)  # all finished: nothing runs
+    assert res.returncode == 0 and "0 run(s) to do" in res.stdout
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 16
+
+    env = fake_env(tmp_path, FAIL_SEED="1002")
+    res = sh("--configs", "cfg_3", "--output_dir", str(out), env=env)  # sequential: stops at the first failure
+    assert res.returncode == 1
+    assert "FAILED: cfg_3 fold 0 seed 1002" in res.stderr and "boom" in res.stderr
+    assert "cfg_3_fold0_seed1002.log" in res.stdout
+    assert [c for c in (tmp_path / "calls.txt").read_text().splitlines()[16:]] == [
+        "gpu=none cfg_3 0 1001", "gpu=none cfg_3 0 1002"]
+
+
+def test_gpu_mode_stops_starting_runs_after_a_failure(tmp_path):
+    env = fake_env(tmp_path, FAIL_SEED="1001")
+    # shard 0/2 of cfg_4: fold 0..3 with seed 1001 then fold -1 seeds 2001, 2003, ...
+    res = sh("--configs", "cfg_4", "--shard", "0/2", "--gpus", "0,1", "--output_dir", str(tmp_path / "out"), env=env)
+    assert res.returncode == 1
+    assert "FAILED: cfg_4 fold 0 seed 1001" in res.stderr and "FAILED: cfg_4 fold 1 seed 1001" in res.stderr
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2  # nothing new after the failures

@@ -1,0 +1,58 @@
+"""Seeding and RNG state capture, so a run is repeatable and a resumed run continues the same streams.
+
+The states are stored as plain tensors/ints (no numpy pickles) so checkpoints load with
+torch.load(weights_only=True).
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+
+def draw_seed() -> int:
+    return int(np.random.SeedSequence().entropy % 1_000_000)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """DataLoader workers: derive python/numpy seeds from the worker's torch seed (set by the loader's
+    generator), so augmentations differ per worker yet repeat for a given run seed."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def get_rng_state(generator: torch.Generator | None = None) -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "python": [py_state[0], list(py_state[1]), py_state[2]],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    if generator is not None:
+        state["loader"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and "loader" in state:
+        generator.set_state(state["loader"])
