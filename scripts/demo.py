@@ -1,0 +1,259 @@
+"""The end-to-end demo on a CPU: synthetic data -> folds -> row selection -> 9 configs x 4 folds -> blend
+-> submission, ending with a table of OOF KLs against the class prior and the oracle.
+
+    python scripts/demo.py [--work-dir demo] [--configs cfg_1 ...] [--folds 0 1 2 3] [--workers 2]
+
+The data is generated once into <work_dir>/datamount (reused when present with the same settings);
+every demo run trains into a fresh <work_dir>/run_<time>/ so nothing is overwritten. Training uses
+DEMO overrides that fit a small CPU (see `demo_overrides`): the configs' own models, datasets,
+augmentations and schedules, but a tiny timm backbone ('test_efficientnet', random init) for the 2D
+configs, coarser mel images (16 mels, 8x larger hop; zoom 16x), a narrow mdl_2 (8 front-end filters, one
+Squeezeformer block of width 16), at most 160 train rows (mdl_2: 128), 7 epochs (mdl_2: 5), batch 8,
+lr 3e-3, validation after the last epoch only, two runs at a time with one thread each.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import time
+import traceback
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from utils.blend import ALL_CONFIGS, BLEND_FILE  # noqa: E402
+from utils.config import ConfigError, load_config  # noqa: E402
+from utils.io import DataError, run_cli  # noqa: E402
+
+DATA_FILES = ("train.csv", "test.csv", "train_folded.csv", "train_folded_6k6.csv", "train_folded_6k6c.csv",
+              "train_folded_6k6c_1up.csv")
+DEMO_SEED = 1001  # one seed per run: the fold's run folder is seed1001
+
+
+def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> list[str]:
+    """The CPU-sized changes to config `name` (derived from its own values, so each config keeps its shape).
+
+    Validation runs once, after the last epoch (that is what the blend reads); batch 8 gives the small
+    data more optimiser steps for the same compute."""
+    cfg = load_config(name)
+    over = {"pretrained": False, "num_workers": 0, "neptune_mode": "off", "mixed_precision": False,
+            "batch_size": 8, "grad_accumulation": 1, "lr": 3e-3, "epochs": epochs, "eval_epochs": epochs,
+            "max_train_rows": max_train_rows}
+    if cfg.model == "mdl_2":
+        mdl2_epochs = max(1, epochs - 2)
+        over.update(frontend_filters=8, sq_dim=16, sq_heads=2, sq_layers=1, epochs=mdl2_epochs, eval_epochs=mdl2_epochs,
+                    max_train_rows=min(max_train_rows, 128))
+    else:
+        over["backbone"] = "test_efficientnet"
+        over["spec_args"] = dict(cfg.spec_args, n_fft=min(cfg.spec_args["n_fft"], 512), n_mels=16,
+                                 hop_length=cfg.spec_args["hop_length"] * 8)
+        if hasattr(cfg, "spec_args_center"):
+            c = cfg.spec_args_center
+            over["spec_args_center"] = dict(c, n_fft=256, n_mels=16, hop_length=c["hop_length"] * 16)
+    return [tok for key, value in over.items() for tok in (f"--{key}", repr(value) if isinstance(value, dict) else str(value))]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--work-dir", default="demo", help="holds datamount/ (reused) and one run_<time>/ per demo")
+    p.add_argument("--configs", nargs="+", default=ALL_CONFIGS)
+    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    p.add_argument("--n-patients", type=int, default=100, help="synthetic train patients")
+    p.add_argument("--n-test", type=int, default=8, help="synthetic test recordings")
+    p.add_argument("--seed", type=int, default=0, help="data seed")
+    p.add_argument("--epochs", type=int, default=7, help="epochs of the 2D configs (mdl_2: two fewer)")
+    p.add_argument("--max-train-rows", type=int, default=160)
+    p.add_argument("--workers", type=int, default=2, help="training processes at a time (one thread each)")
+    p.add_argument("--blend-epochs", type=int, default=801)
+    p.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                   help="further train.py overrides for every run (must come last)")
+    return p.parse_args(argv)
+
+
+def step(title: str):
+    print(f"\n=== {title}", flush=True)
+
+
+def run_script(*args: str) -> None:
+    """A project script as a user would run it; its failure stops the demo with its own message."""
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    for ln in lines[-3:]:
+        print(f"  {ln}")
+    if proc.returncode != 0:
+        raise DataError(f"{' '.join(args[:1])} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+
+
+def make_data(data_dir: Path, args) -> None:
+    """Generate, fold and filter once; reuse when the same settings made it."""
+    stamp = data_dir / "demo_data.json"
+    want = {"seed": args.seed, "n_patients": args.n_patients, "n_test": args.n_test}
+    if stamp.is_file() and json.loads(stamp.read_text()) == want and all((data_dir / f).is_file() for f in DATA_FILES):
+        print(f"  reusing {data_dir} ({want})")
+        return
+    run_script("scripts/make_synthetic_data.py", "--out", str(data_dir), "--seed", str(args.seed),
+               "--n-patients", str(args.n_patients), "--n-test", str(args.n_test), "--force")
+    run_script("scripts/make_folds.py", "--data-dir", str(data_dir), "--seed", str(args.seed), "--force")
+    run_script("scripts/filter_train.py", "--data-dir", str(data_dir))
+    stamp.write_text(json.dumps(want))
+
+
+def _train_one(job):
+    """Worker: one train.py run in this process, its output in a log file; returns (job, seconds, error)."""
+    name, fold, argv, log = job
+    t0 = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(1)
+    import train
+
+    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+        try:
+            train.main(argv)
+            err = None
+        except Exception as exc:  # noqa: BLE001 - reported by the parent with the log's path
+            traceback.print_exc()
+            err = f"{type(exc).__name__}: {exc}"
+    return name, fold, time.perf_counter() - t0, err
+
+
+def train_all(data_dir: Path, out_dir: Path, args) -> list:
+    from tqdm.auto import tqdm
+
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
+    jobs = []
+    # slowest first (mdl_2), so the two workers finish together
+    for name in sorted(args.configs, key=lambda n: load_config(n).model != "mdl_2"):
+        over = demo_overrides(name, args.epochs, args.max_train_rows)
+        for fold in args.folds:
+            argv = ["-C", name, "--fold", str(fold), "--seed", str(DEMO_SEED), "--data_dir", str(data_dir),
+                    "--output_dir", str(out_dir), *over, *args.extra]
+            jobs.append((name, fold, argv, str(out_dir / "logs" / f"{name}_fold{fold}.log")))
+    print(f"  {len(jobs)} runs, {args.workers} at a time; logs in {out_dir / 'logs'}")
+    (out_dir / "demo_runs.json").write_text(json.dumps([j[2] for j in jobs], indent=1))
+    failures, times = [], {}
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # inherited by the spawned workers
+    try:
+        pool = mp.get_context("spawn").Pool(args.workers)
+        try:
+            with tqdm(total=len(jobs), desc="training", unit="run", disable=False) as bar:
+                for name, fold, secs, err in pool.imap_unordered(_train_one, jobs):
+                    times.setdefault(name, []).append(secs)
+                    if err:
+                        failures.append((name, fold, err))
+                        tqdm.write(f"  FAILED {name} fold {fold}: {err} "
+                                   f"(log {out_dir / 'logs' / f'{name}_fold{fold}.log'})")
+                    bar.set_postfix_str(f"{name} fold {fold} {secs:.0f} s")
+                    bar.update()
+            pool.close()
+        except BaseException:  # Ctrl-C or a crash: stop the workers too
+            pool.terminate()
+            raise
+        finally:
+            pool.join()
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    for name, secs in times.items():
+        print(f"  {name}: {len(secs)} run(s), {sum(secs) / len(secs):.0f} s each")
+    return failures
+
+
+def table(report: dict, timings: dict) -> str:
+    rows = [(cfg, kl) for cfg, kl in report["oof_kl"].items()]
+    lines = ["", f"{'':<26s}{'OOF KL':>8s}", "-" * 34]
+    lines += [f"{cfg:<26s}{kl:8.4f}" for cfg, kl in rows]
+    lines += ["-" * 34, f"{'blend (held-out KFold)':<26s}{report['blend_oof_kl']:8.4f}",
+              f"{'class prior':<26s}{report['prior_kl']:8.4f}"]
+    if report.get("oracle_kl") is not None:
+        lines.append(f"{'oracle (latent probs)':<26s}{report['oracle_kl']:8.4f}")
+    gain = 1 - report["blend_oof_kl"] / report["prior_kl"]
+    lines += ["-" * 34, f"blend vs class prior: {100 * gain:.0f}% lower KL on {report['n_rows']} golden rows", ""]
+    lines += [f"{'wall time ' + k:<26s}{v:7.0f} s" for k, v in timings.items()]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    for name in args.configs:
+        load_config(name)  # unknown names fail here, before any work
+    if any(f not in (0, 1, 2, 3) for f in args.folds):
+        raise ConfigError(f"bad value for --folds: {args.folds} (the blend uses folds 0-3)")
+    t_start = time.perf_counter()
+    timings = {}
+    work = Path(args.work_dir)
+    data_dir = work / "datamount"
+    out_dir = work / f"run_{datetime.now():%Y%m%d_%H%M%S}"
+    while out_dir.exists():
+        out_dir = out_dir.with_name(out_dir.name + "_")
+
+    step(f"1/4 synthetic data in {data_dir}")
+    t = time.perf_counter()
+    make_data(data_dir, args)
+    timings["data"] = time.perf_counter() - t
+
+    step(f"2/4 training {len(args.configs)} config(s) x {len(args.folds)} fold(s) into {out_dir}")
+    t = time.perf_counter()
+    failures = train_all(data_dir, out_dir, args)
+    timings["training"] = time.perf_counter() - t
+
+    step("3/4 blend")
+    t = time.perf_counter()
+    from scripts import blend_weights, plot_sample, predict
+
+    report = blend_weights.main(["--data-dir", str(data_dir), "--output-dir", str(out_dir),
+                                 "--configs", *args.configs, "--epochs", str(args.blend_epochs)])
+    timings["blend"] = time.perf_counter() - t
+
+    step("4/4 predict the synthetic test set")
+    t = time.perf_counter()
+    sub_path = out_dir / "submission.csv"
+    predict.main(["--data-dir", str(data_dir), "--output-dir", str(out_dir), "--out", str(sub_path),
+                  "--device", "cpu", "--num-workers", "0"])
+    from utils.metric import kl_divergence  # the synthetic test latent gives a test-set KL too
+
+    test_latent = data_dir / "synthetic_test_latent.csv"
+    if test_latent.is_file():
+        import pandas as pd
+
+        from data.signal import LABEL_COLS
+
+        lat = pd.read_csv(test_latent).set_index("eeg_id")
+        sub = pd.read_csv(sub_path).set_index("eeg_id")
+        report["test_kl_vs_latent"] = kl_divergence(lat.loc[sub.index, LABEL_COLS].to_numpy(), sub[LABEL_COLS].to_numpy())
+    try:
+        eeg_id = int(__import__("pandas").read_csv(data_dir / "test.csv")["eeg_id"].iloc[0])
+        plot_sample.main(["--eeg-id", str(eeg_id), "--data-dir", str(data_dir), "--config", "cfg_5a",
+                          "--out", str(out_dir / f"sample_{eeg_id}.png"), "--output-dir", str(out_dir)])
+    except (DataError, ConfigError) as err:  # a picture is not worth failing the demo for
+        print(f"  (no sample plot: {err})")
+    timings["predict"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    print(table(report, timings))
+    if "test_kl_vs_latent" in report:
+        print(f"test set: KL of the submission against the latent probabilities {report['test_kl_vs_latent']:.4f}")
+    print(f"outputs: {out_dir} (submission.csv, {BLEND_FILE}, blend_weights_kl.png, per-run learning curves)")
+    summary = {"oof_kl": report["oof_kl"], "blend_oof_kl": report["blend_oof_kl"], "prior_kl": report["prior_kl"],
+               "oracle_kl": report.get("oracle_kl"), "n_rows": report["n_rows"], "timings": timings,
+               "failures": failures, "out_dir": str(out_dir), "test_kl_vs_latent": report.get("test_kl_vs_latent")}
+    (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    if failures:
+        raise DataError(f"{len(failures)} training run(s) failed (see {out_dir / 'logs'}); the blend used the others")
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,241 @@
+"""The blend of SPEC 9: collect each config's out-of-fold logits, fit weights + class bias, score them.
+
+Reused by scripts/blend_weights.py (fit and report), scripts/predict.py (read the weights) and the demo.
+The fit is vectorised over the 5 KFold splits: one SGD step updates all 5 independent (w, c) pairs at
+once, which gives the same numbers as 5 separate fits (plain SGD, per-split losses summed) in a
+fraction of the time.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from data.signal import LABEL_COLS, LOGIT_COLS
+from utils.io import DataError, atomic_write_bytes, read_csv_checked
+from utils.metric import kl_divergence, kl_from_logits, softmax, votes_to_target
+
+ALL_CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
+BLEND_FOLDS = (0, 1, 2, 3)
+GOLDEN_FILE = "train_folded_6k6.csv"
+BLEND_FILE = "blend_weights.json"
+
+
+def _seed_key(path: Path):
+    """Seed folders sorted by their number (seed7 < seed42), odd names last by name."""
+    m = re.fullmatch(r"seed(-?\d+)", path.name)
+    return (0, int(m.group(1)), "") if m else (1, 0, path.name)
+
+
+def seed_dirs(output_dir, config: str, fold: int) -> list[Path]:
+    """Run folders of one config and fold that hold validation logits."""
+    base = Path(output_dir) / config / f"fold{fold}"
+    return sorted((p for p in base.glob("seed*") if (p / "val_logits.csv").is_file()), key=_seed_key)
+
+
+def read_val_logits(path: Path) -> pd.DataFrame:
+    df = read_csv_checked(path, required=["label_id", *LOGIT_COLS], what="validation logits")
+    if df["label_id"].duplicated().any():
+        raise DataError(f"{path}: duplicated label_id rows")
+    return df[["label_id", *LOGIT_COLS]]
+
+
+def config_oof(output_dir, config: str, folds=BLEND_FOLDS, first_seed_only: bool = False):
+    """One config's out-of-fold logits (label_id + LOGIT_COLS), seeds averaged per fold.
+
+    Returns (frame or None, list of missing folds, number of seed runs used)."""
+    parts, missing, n_runs = [], [], 0
+    for fold in folds:
+        dirs = seed_dirs(output_dir, config, fold)
+        if first_seed_only:
+            dirs = dirs[:1]
+        if not dirs:
+            missing.append(fold)
+            continue
+        runs = [read_val_logits(d / "val_logits.csv") for d in dirs]
+        n_runs += len(runs)
+        # average over the seeds that hold a row (the seeds normally cover the same rows)
+        parts.append(pd.concat(runs).groupby("label_id", sort=False)[LOGIT_COLS].mean().reset_index())
+    if not parts:
+        return None, missing, 0
+    oof = pd.concat(parts, ignore_index=True)
+    # a row validated under two folds would be a bug upstream: keep the first (and say nothing breaks)
+    return oof.drop_duplicates("label_id"), missing, n_runs
+
+
+@dataclass
+class OOFStack:
+    """The aligned blend inputs: X (N, 6, M) logits, y (N, 6) vote shares, and what was left out."""
+    configs: list
+    X: np.ndarray
+    y: np.ndarray
+    label_ids: np.ndarray
+    eeg_ids: np.ndarray
+    notes: list = field(default_factory=list)
+    n_runs: dict = field(default_factory=dict)
+
+
+def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_seed_only=False) -> OOFStack:
+    """Stack the configs' OOF logits on the golden rows of `folds` (rows every used config covers)."""
+    configs = list(configs or ALL_CONFIGS)
+    golden_path = Path(data_dir) / GOLDEN_FILE
+    golden = read_csv_checked(golden_path, required=["label_id", "eeg_id", "fold", *LABEL_COLS],
+                              what="golden validation file")
+    golden = golden[golden["fold"].isin(folds)].drop_duplicates("label_id").reset_index(drop=True)
+    notes, frames, n_runs = [], {}, {}
+    for cfg in configs:
+        oof, missing, runs = config_oof(output_dir, cfg, folds, first_seed_only)
+        if oof is None:
+            notes.append(f"{cfg}: no runs with val_logits.csv under {Path(output_dir) / cfg}/fold{{{','.join(map(str, folds))}}}/seed*: left out")
+            continue
+        if missing:
+            notes.append(f"{cfg}: fold(s) {', '.join(map(str, missing))} missing: only rows of the other folds can be blended")
+        unknown = ~oof["label_id"].isin(golden["label_id"])
+        if unknown.any():
+            notes.append(f"{cfg}: {int(unknown.sum())} logit row(s) are not golden rows of folds {list(folds)}: ignored")
+        frames[cfg], n_runs[cfg] = oof.set_index("label_id"), runs
+    if not frames:
+        raise DataError(f"{output_dir}: no validation logits for any of {', '.join(configs)} "
+                        f"(expected <output_dir>/<cfg>/fold<0-3>/seed*/val_logits.csv; train first)")
+    used = list(frames)
+    keep = np.ones(len(golden), dtype=bool)
+    for cfg in used:
+        keep &= golden["label_id"].isin(frames[cfg].index).to_numpy()
+    if keep.sum() < len(golden):
+        notes.append(f"{int(keep.sum())} of {len(golden)} golden rows of folds {list(folds)} are covered by all of "
+                     f"{', '.join(used)}: blending those")
+    rows = golden[keep]
+    if rows.empty:
+        raise DataError(f"no golden row of {golden_path} is covered by all of {', '.join(used)}")
+    X = np.stack([frames[cfg].loc[rows["label_id"], LOGIT_COLS].to_numpy(np.float64) for cfg in used], axis=2)
+    y = votes_to_target(rows[LABEL_COLS].to_numpy())
+    return OOFStack(used, X, y, rows["label_id"].to_numpy(), rows["eeg_id"].to_numpy(), notes, n_runs)
+
+
+def fit_blend(X: np.ndarray, y: np.ndarray, epochs: int = 801, lr: float = 0.1, batch_size: int = 1024,
+              n_splits: int = 5, random_state: int = 1, step_every: int = 10, gamma: float = 0.95,
+              seed: int = 0) -> dict:
+    """Fit blend logits = sum_m w_m X[:, :, m] + c in KFold(n_splits, shuffle, random_state).
+
+    Each split: w init 1/M, c init 0, SGD(lr), batches of `batch_size` drawn from a fresh shuffle each
+    epoch with the last partial batch dropped, StepLR(step_every, gamma), KLDiv(batchmean) loss.
+    When a split has fewer training rows than `batch_size`, the batch is all its rows (full-batch
+    gradient descent), since dropping the only partial batch would leave nothing to fit.
+    Returns mean w (M,), mean c (6,), the per-split w/c, and the held-out predictions of every row.
+    """
+    from sklearn.model_selection import KFold
+
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32)
+    n, k, m = X.shape
+    if n < n_splits:
+        raise DataError(f"blend needs at least {n_splits} rows for its {n_splits}-fold fit, got {n}")
+    splits = list(KFold(n_splits=n_splits, shuffle=True, random_state=random_state).split(np.arange(n)))
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
+    Xflat = Xt.reshape(n, k * m)
+    w = torch.full((n_splits, m), 1.0 / m, requires_grad=True)
+    c = torch.zeros((n_splits, k), requires_grad=True)
+    opt = torch.optim.SGD([w, c], lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_every, gamma=gamma)
+    train_idx = [torch.from_numpy(tr) for tr, _ in splits]
+    bs = [min(batch_size, len(tr)) for tr in train_idx]
+    n_batches = [len(tr) // b for tr, b in zip(train_idx, bs)]
+    gen = torch.Generator().manual_seed(seed)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add overhead (and stall on a busy CPU)
+    try:
+        for _ in range(epochs):
+            perms = [tr[torch.randperm(len(tr), generator=gen)] for tr in train_idx]
+            for step in range(max(n_batches)):
+                opt.zero_grad(set_to_none=False)
+                if len(set(bs)) == 1 and all(step < nb for nb in n_batches):
+                    idx = torch.cat([p[step * bs[0]:(step + 1) * bs[0]] for p in perms])  # (S * B,)
+                    xb = Xflat.index_select(0, idx).reshape(n_splits, bs[0] * k, m)
+                    logits = torch.bmm(xb, w[:, :, None]).reshape(n_splits, bs[0], k) + c[:, None, :]
+                    yb = yt.index_select(0, idx).reshape(n_splits, bs[0], k)
+                    # KLDiv(batchmean) per split, summed: the gradients of separate fits
+                    loss = F.kl_div(F.log_softmax(logits, dim=2), yb, reduction="sum") / bs[0]
+                else:  # uneven splits: a split without a batch at this step has zero gradient (SGD: no move)
+                    loss = 0.0
+                    for s in range(n_splits):
+                        if step < n_batches[s]:
+                            idx = perms[s][step * bs[s]:(step + 1) * bs[s]]
+                            logits = Xt[idx] @ w[s] + c[s]
+                            loss = loss + F.kl_div(F.log_softmax(logits, dim=1), yt[idx], reduction="batchmean")
+                loss.backward()
+                opt.step()
+            sched.step()
+    finally:
+        torch.set_num_threads(threads)
+    w_np, c_np = w.detach().numpy().astype(np.float64), c.detach().numpy().astype(np.float64)
+    oof = np.zeros((n, k))
+    for s, (_, va) in enumerate(splits):
+        oof[va] = X[va].astype(np.float64) @ w_np[s] + c_np[s]
+    return {"w": w_np.mean(0), "c": c_np.mean(0), "w_splits": w_np, "c_splits": c_np, "oof_logits": oof}
+
+
+def blend_logits(X: np.ndarray, w, c) -> np.ndarray:
+    """sum_m w_m X[:, :, m] + c for X (N, 6, M)."""
+    return np.asarray(X, dtype=np.float64) @ np.asarray(w, dtype=np.float64) + np.asarray(c, dtype=np.float64)
+
+
+def prior_kl(y: np.ndarray) -> float:
+    """KL of predicting the mean vote shares of these very rows for every row (the class-prior baseline)."""
+    return kl_divergence(y, np.repeat(y.mean(0, keepdims=True), len(y), axis=0))
+
+
+def save_blend(path, configs, w, c, report: dict) -> Path:
+    payload = {"configs": list(configs), "weights": {cfg: float(v) for cfg, v in zip(configs, w)},
+               "bias": [float(v) for v in c], "label_cols": LABEL_COLS, **report}
+    text = json.dumps(payload, indent=2).encode()
+
+    def write(tmp):
+        Path(tmp).write_bytes(text)
+
+    atomic_write_bytes(path, write)
+    return Path(path)
+
+
+def load_blend(path) -> dict:
+    """Weights and bias saved by blend_weights.py, checked."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: blend file not found (run `python scripts/blend_weights.py` after training)")
+    try:
+        blend = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable blend file: {err}") from None
+    weights, bias = blend.get("weights"), blend.get("bias")
+    if not isinstance(weights, dict) or not weights:
+        raise DataError(f"{path}: no 'weights' mapping config -> weight")
+    if not isinstance(bias, list) or len(bias) != len(LABEL_COLS):
+        raise DataError(f"{path}: 'bias' must be a list of {len(LABEL_COLS)} numbers")
+    blend["weights"] = {k: float(v) for k, v in weights.items()}
+    blend["bias"] = [float(v) for v in bias]
+    return blend
+
+
+def format_seed_readme(configs, w, c) -> str:
+    """The two blocks the reference printed (seed README)."""
+    body = json.dumps({cfg: round(float(v), 8) for cfg, v in zip(configs, w)}, indent=2)
+    bias = "[" + ", ".join(f"{v: .6f}" for v in c) + "]"
+    return f"# Model weights\n{body}\n# Class bias term for the {len(c)} classes\n{bias}"
+
+
+def oof_report(stack: OOFStack, fit: dict) -> dict:
+    """Per-config OOF KL, blended OOF KL (each KFold split's held-out predictions), class-prior KL."""
+    per_cfg = {cfg: kl_from_logits(stack.y, stack.X[:, :, i]) for i, cfg in enumerate(stack.configs)}
+    return {
+        "oof_kl": per_cfg,
+        "blend_oof_kl": kl_divergence(stack.y, softmax(fit["oof_logits"])),
+        "blend_insample_kl": kl_from_logits(stack.y, blend_logits(stack.X, fit["w"], fit["c"])),
+        "mean_logit_kl": kl_from_logits(stack.y, stack.X.mean(axis=2)),
+        "prior_kl": prior_kl(stack.y),
+        "n_rows": int(len(stack.y)),
+    }
