@@ -7,19 +7,8 @@ cfg = copy.deepcopy(basic_cfg)
 cfg.name = "cfg_5a"
 cfg.model = "mdl_4"
 cfg.dataset = "ds_1"
-cfg.train_df = "train_folded_6k6c.csv"
-cfg.backbone = "mixnet_xl"
-cfg.in_chans = 3
 cfg.epochs = 16
-cfg.lr = 1.2e-3
-cfg.batch_size = 16
 cfg.grad_accumulation = 2
-cfg.clip_grad = 20.0
-cfg.mixed_precision = True
-cfg.drop_rate = 0.2
-cfg.drop_path_rate = 0.2
-cfg.channel_dropout_p = 0.5
-cfg.channel_dropout_max = 8
 cfg.center_jitter_p = 0.7  # +-enlarge_len/3
 cfg.spec_args = dict(sample_rate=200, n_fft=512, win_length=128, hop_length=32, n_mels=64,
                      f_min=0.53, f_max=30.0)

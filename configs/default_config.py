@@ -42,7 +42,7 @@ cfg.band_aug_high = [10, 20]  # high cut an integer in [lo, hi)
 cfg.center_jitter_p = 0.0  # ds_1 only: 0.7
 
 # --- model ----------------------------------------------------------------------------------------
-cfg.backbone = "mixnet_xl"
+cfg.backbone = "mixnet_xl"  # the 2D configs' values below; mdl_2 ignores them
 cfg.pretrained = True
 cfg.pretrained_weights = None  # path to a local timm state dict; used instead of a download
 cfg.in_chans = 3
@@ -52,6 +52,8 @@ cfg.pool = "gem"
 cfg.gem_p_init = 3.0
 cfg.channel_dropout_p = 0.5
 cfg.channel_dropout_max = 8
+cfg.spec_args = None  # torchaudio MelSpectrogram arguments of the 2D models (set per config)
+cfg.top_db = None  # dB floor below the batch-wide max (mdl_4: 100)
 
 # --- optimisation (SPEC section 7) ----------------------------------------------------------------
 cfg.optimizer = "Adam"

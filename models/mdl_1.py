@@ -9,11 +9,15 @@ from models.layers import GeM, MelFrontEnd, channel_dropout, kl_loss
 
 
 class Net(nn.Module):
+    """Also the base of mdl_3/mdl_4, which change the image (make_image) and swap the stem."""
+
+    fresh_stem = False
+
     def __init__(self, cfg):
         super().__init__()
         self.cfg = cfg
-        self.mel = MelFrontEnd(cfg.spec_args, getattr(cfg, "top_db", None))
-        self.backbone = create_backbone(cfg, in_chans=cfg.in_chans)
+        self.mel = MelFrontEnd(cfg.spec_args, cfg.top_db)
+        self.backbone = create_backbone(cfg, in_chans=cfg.in_chans, fresh_stem=self.fresh_stem)
         self.pool = GeM(p=cfg.gem_p_init, eps=1e-6)
         self.head = nn.Linear(self.backbone.num_features, cfg.n_classes)
 
@@ -23,10 +27,13 @@ class Net(nn.Module):
             return x
         return channel_dropout(x, self.cfg.channel_dropout_p, self.cfg.channel_dropout_max)
 
+    def spectrogram(self, batch: dict) -> torch.Tensor:
+        """(B, 10000, 16) signal -> (B, 16, mels, frames) dB mel of the bipolar channels."""
+        return self.mel(batch["input"].transpose(1, 2))
+
     def make_image(self, batch: dict) -> torch.Tensor:
-        """(B, 10000, 16) signal -> (B, 1, 16 * mels, frames): channel 0 on top."""
-        spec = self.mel(batch["input"].transpose(1, 2))  # (B, 16, mels, frames)
-        spec = self.channel_dropout(spec)
+        """(B, 1, 16 * mels, frames): the channels' mels stacked, channel 0 on top."""
+        spec = self.channel_dropout(self.spectrogram(batch))
         b, c, f, t = spec.shape
         return spec.reshape(b, 1, c * f, t)
 

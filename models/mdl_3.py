@@ -7,10 +7,8 @@ then zeroes all three views of a dropped channel.
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from models.backbone import create_backbone
-from models.layers import GeM, MelFrontEnd, channel_dropout, kl_loss
+from models import mdl_1
 
 # partner pairs by bipolar channel index (SPEC 6)
 PARTNERS = [(2, 8), (3, 9), (4, 0), (5, 1), (6, 2), (7, 3), (14, 4), (15, 5),
@@ -28,26 +26,13 @@ def three_views(spec: torch.Tensor) -> torch.Tensor:
     return torch.stack([spec, spec - others, spec - partners], dim=2)
 
 
-class Net(nn.Module):
+class Net(mdl_1.Net):
+    fresh_stem = True
     reorder = True  # mdl_4 keeps the montage order
 
     def __init__(self, cfg):
-        super().__init__()
-        self.cfg = cfg
-        self.mel = MelFrontEnd(cfg.spec_args, getattr(cfg, "top_db", None))
-        self.backbone = create_backbone(cfg, in_chans=cfg.in_chans, fresh_stem=True)
-        self.pool = GeM(p=cfg.gem_p_init, eps=1e-6)
-        self.head = nn.Linear(self.backbone.num_features, cfg.n_classes)
+        super().__init__(cfg)
         self.register_buffer("left_first", torch.tensor(LEFT_FIRST), persistent=False)
-
-    def channel_dropout(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training:
-            return x
-        return channel_dropout(x, self.cfg.channel_dropout_p, self.cfg.channel_dropout_max)
-
-    def spectrogram(self, batch: dict) -> torch.Tensor:
-        """(B, 16, mels, frames) dB mel of the bipolar channels."""
-        return self.mel(batch["input"].transpose(1, 2))
 
     def make_image(self, batch: dict) -> torch.Tensor:
         """(B, 3, 16 * mels, frames): the three views as image channels, montage channels stacked."""
@@ -57,11 +42,3 @@ class Net(nn.Module):
         views = self.channel_dropout(views)
         b, c, v, f, t = views.shape
         return views.permute(0, 2, 1, 3, 4).reshape(b, v, c * f, t)
-
-    def forward(self, batch: dict) -> dict:
-        feats = self.backbone(self.make_image(batch))
-        logits = self.head(self.pool(feats))
-        out = {"logits": logits}
-        if "target" in batch:
-            out["loss"] = kl_loss(logits, batch["target"])
-        return out

@@ -30,7 +30,7 @@ class Net(mdl_3.Net):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.mel_center = MelFrontEnd(cfg.spec_args_center, getattr(cfg, "top_db", None))
+        self.mel_center = MelFrontEnd(cfg.spec_args_center, cfg.top_db)
         self.enlarge_len = int(cfg.enlarge_len)
 
     def half_cut(self, width: int) -> int:
