@@ -336,9 +336,8 @@ def run(cfg, opts, info) -> Path:
 
     tracker = Tracker(cfg, out, enabled=info.is_main, resume_history=history, log=log)
     val_ds = build_dataset(val_df, cfg, mode="val")
-    prior = vote_shares(train_df).mean(axis=0)
     val_target = vote_shares(val_df)
-    prior_kl = metric.kl_divergence(val_target, np.tile(prior, (len(val_df), 1)))
+    prior_kl = metric.prior_kl(vote_shares(train_df), val_target)
     oracle = oracle_kl(val_df, cfg, log)
     log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(train_df)} train / {len(val_df)} val rows, "
         f"{cfg.epochs} epochs x {n_steps} steps, device {info.device} x {info.world_size}, "

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from data.signal import LABEL_COLS, LOGIT_COLS
 from utils.io import DataError, atomic_write_bytes, read_csv_checked
-from utils.metric import kl_divergence, kl_from_logits, softmax, votes_to_target
+from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
 
 ALL_CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
 BLEND_FOLDS = (0, 1, 2, 3)
@@ -185,11 +185,6 @@ def blend_logits(X: np.ndarray, w, c) -> np.ndarray:
     return np.asarray(X, dtype=np.float64) @ np.asarray(w, dtype=np.float64) + np.asarray(c, dtype=np.float64)
 
 
-def prior_kl(y: np.ndarray) -> float:
-    """KL of predicting the mean vote shares of these very rows for every row (the class-prior baseline)."""
-    return kl_divergence(y, np.repeat(y.mean(0, keepdims=True), len(y), axis=0))
-
-
 def save_blend(path, configs, w, c, report: dict) -> Path:
     payload = {"configs": list(configs), "weights": {cfg: float(v) for cfg, v in zip(configs, w)},
                "bias": [float(v) for v in c], "label_cols": LABEL_COLS, **report}
@@ -236,6 +231,6 @@ def oof_report(stack: OOFStack, fit: dict) -> dict:
         "blend_oof_kl": kl_divergence(stack.y, softmax(fit["oof_logits"])),
         "blend_insample_kl": kl_from_logits(stack.y, blend_logits(stack.X, fit["w"], fit["c"])),
         "mean_logit_kl": kl_from_logits(stack.y, stack.X.mean(axis=2)),
-        "prior_kl": prior_kl(stack.y),
+        "prior_kl": prior_kl(stack.y, stack.y),  # the blended rows' own mean vote shares
         "n_rows": int(len(stack.y)),
     }
