@@ -184,13 +184,18 @@ def _discharge(rng, sharp: bool) -> np.ndarray:
     return w / np.abs(w).max()
 
 
-def periodic(rng, n: int, rate: float, sharp: bool) -> np.ndarray:
-    period = FS / rate
+def pulse_train(rng, n: int, period: float, jitter: float) -> np.ndarray:
+    """n samples of zeros with a 1 at each event: random phase, `period` apart, jittered by jitter*period."""
     k = np.arange(int(n / period) + 2)
-    times = (rng.uniform(0, period) + k * period + rng.normal(0, 0.04 * period, k.size)).astype(int)
+    times = (rng.uniform(0, period) + k * period + rng.normal(0, jitter * period, k.size)).astype(int)
     times = times[(times >= 0) & (times < n)]
     train = np.zeros(n)
     train[times] = 1.0
+    return train
+
+
+def periodic(rng, n: int, rate: float, sharp: bool) -> np.ndarray:
+    train = pulse_train(rng, n, FS / rate, jitter=0.04)
     tmpl = _discharge(rng, sharp)
     return np.convolve(train, tmpl)[:n]
 
@@ -245,12 +250,7 @@ def background(rng, n: int) -> np.ndarray:
 
 def ekg(rng, n: int) -> np.ndarray:
     rate = rng.uniform(55, 110) / 60
-    period = FS / rate
-    k = np.arange(int(n / period) + 2)
-    beats = (rng.uniform(0, period) + k * period + rng.normal(0, 0.03 * period, k.size)).astype(int)
-    beats = beats[(beats >= 0) & (beats < n)]
-    train = np.zeros(n)
-    train[beats] = 1.0
+    train = pulse_train(rng, n, FS / rate, jitter=0.03)
     t = np.arange(int(0.5 * FS)) / FS
     tmpl = (np.exp(-((t - 0.05) / 0.012) ** 2) - 0.25 * np.exp(-((t - 0.075) / 0.01) ** 2)
             + 0.3 * np.exp(-((t - 0.3) / 0.05) ** 2))

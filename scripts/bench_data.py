@@ -72,7 +72,7 @@ def rate(ds, n: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("-C", "--configs", nargs="+", default=["cfg_5a", "cfg_1"],
+    ap.add_argument("-C", "--configs", nargs="+", default=["cfg_5a", "cfg_1", "cfg_2a"],
                     help="configs whose dataset module is measured (default: ds_1 via cfg_5a, ds_1a via cfg_1)")
     ap.add_argument("--data-dir", default=None, help="use this data folder's train csv and train_eegs instead")
     ap.add_argument("--rows", type=int, default=200, help="samples timed per dataset and mode")
