@@ -42,7 +42,8 @@ from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
 from utils.build import build_dataset, build_model  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
-from utils.io import DataError, atomic_write_bytes, read_csv_checked, require_dir, run_cli  # noqa: E402
+from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
+                      require_dir, run_cli)
 from utils.seed import draw_seed, get_rng_state, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
 from utils.tracking import Tracker  # noqa: E402
 
@@ -196,9 +197,8 @@ def predict(model, ds, cfg, info, autocast) -> tuple[np.ndarray, float | None]:
 
 def oracle_kl(val_df, cfg, log):
     """KL of the latent probabilities (synthetic data only; None on real data or if unusable)."""
-    fn = getattr(metric, "oracle_kl", None)
     try:
-        return fn(val_df, cfg.data_dir) if fn is not None else None
+        return metric.oracle_kl(val_df, cfg.data_dir)
     except (metric.MetricError, DataError) as err:
         log(f"warning: no oracle KL: {err}")
         return None
@@ -208,7 +208,7 @@ def write_val_logits(path, val_df, logits) -> None:
     df = pd.DataFrame(logits, columns=LOGIT_COLS)
     df.insert(0, "label_id", val_df["label_id"].to_numpy())
     df.insert(0, "eeg_id", val_df["eeg_id"].to_numpy())
-    atomic_write_bytes(path, lambda tmp: df.to_csv(tmp, index=False))
+    atomic_write_csv(path, df)
 
 
 def plot_curve(path, history: list[dict], title: str) -> None:
@@ -232,7 +232,7 @@ def plot_curve(path, history: list[dict], title: str) -> None:
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
-    atomic_write_bytes(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
     plt.close(fig)
 
 
@@ -272,7 +272,7 @@ def prepare_run_dir(cfg, opts, info) -> Path:
 
 def write_json(path: Path, obj: dict) -> None:
     text = json.dumps(obj, indent=1, default=str)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text)
 
 
 def warn_config_changes(cfg, out: Path, log) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.io import DataError, atomic_write_bytes, read_eeg_parquet
+from utils.io import DataError, atomic_write, read_eeg_parquet
 
 
 def default_cache_root(eeg_dir: Path) -> Path:
@@ -59,7 +59,7 @@ class EEGStore:
                 with open(tmp, "wb") as fh:
                     np.save(fh, data)
 
-            atomic_write_bytes(path, write)
+            atomic_write(path, write)
         return path
 
     def recording(self, eeg_id) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from data.signal import LABEL_COLS
-from utils.io import DataError, atomic_write_bytes, read_csv_checked
+from utils.io import DataError, atomic_write_csv, read_csv_checked
 
 SPAN = 600  # seconds of spectrogram window
 OFFSET_COL = "spectrogram_label_offset_seconds"
@@ -72,6 +72,6 @@ def write_training_sets(data_dir) -> dict:
     counts = {}
     for name, (ct, one) in TRAINING_SETS.items():
         out = select_rows(df, ct, one)
-        atomic_write_bytes(data_dir / name, lambda tmp, out=out: out.to_csv(tmp, index=False))
+        atomic_write_csv(data_dir / name, out)
         counts[name] = len(out)
     return counts

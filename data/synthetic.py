@@ -23,7 +23,7 @@ import scipy.fft as sfft
 from tqdm import tqdm
 
 from data.signal import CHAINS, CLASSES, EEG_COLUMNS, FS, LABEL_COLS
-from utils.io import DataError, atomic_write_bytes
+from utils.io import DataError, atomic_write, atomic_write_csv
 
 TRAIN_COLUMNS = ["eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_sub_id",
                  "spectrogram_label_offset_seconds", "label_id", "patient_id", "expert_consensus", *LABEL_COLS]
@@ -337,7 +337,7 @@ SPEC_SCHEMA = _schema(["time", *SPEC_COLUMNS], [np.int16] + [np.float32] * 400)
 def _write_parquet(path: Path, schema: pa.Schema, columns) -> None:
     """pyarrow directly (pandas' per-column overhead dominated); no dictionary: float noise has none."""
     table = pa.Table.from_arrays([pa.array(c) for c in columns], schema=schema)
-    atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False, compression="zstd"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, use_dictionary=False, compression="zstd"))
 
 
 def write_spectrogram(path: Path, n_rows: int, pieces) -> None:
@@ -431,7 +431,7 @@ def generate_dataset(out_dir, seed: int = 0, n_patients: int = 100, n_test: int 
     latent = pd.DataFrame(latent_rows, columns=["label_id", "eeg_id", *LABEL_COLS])
     test_summary = _write_test(out_dir, test_seq, eeg_ids[ei:], spec_ids[si:], patient_ids[n_patients:], n_test)
     for name, df in (("train.csv", train), ("synthetic_latent.csv", latent)):
-        atomic_write_bytes(out_dir / name, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        atomic_write_csv(out_dir / name, df)
     return dict(out_dir=str(out_dir), patients=n_patients, eegs=len(recs), rows=len(train),
                 spectrograms=n_sessions, test_eegs=test_summary, seconds=round(time.time() - t0, 1))
 
@@ -454,5 +454,5 @@ def _write_test(out_dir: Path, seq, eeg_ids, spec_ids, patient_ids, n_test: int)
     sub = pd.DataFrame({"eeg_id": test["eeg_id"], **{c: 1 / 6 for c in LABEL_COLS}})
     lat = pd.DataFrame(latent_rows, columns=["eeg_id", *LABEL_COLS])
     for name, df in (("test.csv", test), ("sample_submission.csv", sub), ("synthetic_test_latent.csv", lat)):
-        atomic_write_bytes(out_dir / name, lambda tmp, df=df: df.to_csv(tmp, index=False))
+        atomic_write_csv(out_dir / name, df)
     return n_test

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import blend  # noqa: E402
 from utils.io import run_cli  # noqa: E402
+from utils.metric import oracle_kl  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -33,20 +34,6 @@ def parse_args(argv=None):
     p.add_argument("--out", default=None, help="JSON to write (default <output_dir>/blend_weights.json)")
     p.add_argument("--no-plot", action="store_true", help="skip the KL bar chart")
     return p.parse_args(argv)
-
-
-def oracle_kl(stack, data_dir):
-    """KL of the synthetic data's latent probabilities on the blended rows (None on real data)."""
-    import pandas as pd
-
-    from utils import metric
-
-    fn = getattr(metric, "oracle_kl", None)
-    if fn is None:
-        return None
-    rows = pd.read_csv(Path(data_dir) / blend.GOLDEN_FILE)
-    rows = rows.set_index("label_id").loc[stack.label_ids].reset_index()
-    return fn(rows, data_dir)
 
 
 def plot_kl(report: dict, path: Path) -> Path:
@@ -89,7 +76,7 @@ def main(argv=None) -> dict:
     fit = blend.fit_blend(stack.X, stack.y, epochs=args.epochs)
     fit_s = time.perf_counter() - t1
     report = blend.oof_report(stack, fit)
-    report["oracle_kl"] = oracle_kl(stack, args.data_dir)
+    report["oracle_kl"] = oracle_kl(stack.rows, args.data_dir)  # None on real data
     report.update(first_seed_only=args.first_seed_only, folds=list(args.folds), fit_seconds=round(fit_s, 2),
                   n_runs=stack.n_runs, notes=stack.notes)
     print(blend.format_seed_readme(stack.configs, fit["w"], fit["c"]))

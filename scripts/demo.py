@@ -28,9 +28,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import pandas as pd  # noqa: E402
+
 from utils.blend import ALL_CONFIGS, BLEND_FILE  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.io import DataError, run_cli  # noqa: E402
+from utils.metric import score  # noqa: E402
 
 DATA_FILES = ("train.csv", "test.csv", "train_folded.csv", "train_folded_6k6.csv", "train_folded_6k6c.csv",
               "train_folded_6k6c_1up.csv")
@@ -222,19 +225,11 @@ def main(argv=None) -> dict:
     sub_path = out_dir / "submission.csv"
     predict.main(["--data-dir", str(data_dir), "--output-dir", str(out_dir), "--out", str(sub_path),
                   "--device", "cpu", "--num-workers", "0"])
-    from utils.metric import kl_divergence  # the synthetic test latent gives a test-set KL too
-
-    test_latent = data_dir / "synthetic_test_latent.csv"
+    test_latent = data_dir / "synthetic_test_latent.csv"  # the synthetic test set's latent probabilities
     if test_latent.is_file():
-        import pandas as pd
-
-        from data.signal import LABEL_COLS
-
-        lat = pd.read_csv(test_latent).set_index("eeg_id")
-        sub = pd.read_csv(sub_path).set_index("eeg_id")
-        report["test_kl_vs_latent"] = kl_divergence(lat.loc[sub.index, LABEL_COLS].to_numpy(), sub[LABEL_COLS].to_numpy())
+        report["test_kl_vs_latent"] = score(pd.read_csv(test_latent), pd.read_csv(sub_path))
     try:
-        eeg_id = int(__import__("pandas").read_csv(data_dir / "test.csv")["eeg_id"].iloc[0])
+        eeg_id = int(pd.read_csv(data_dir / "test.csv")["eeg_id"].iloc[0])
         plot_sample.main(["--eeg-id", str(eeg_id), "--data-dir", str(data_dir), "--config", "cfg_5a",
                           "--out", str(out_dir / f"sample_{eeg_id}.png"), "--output-dir", str(out_dir)])
     except (DataError, ConfigError) as err:  # a picture is not worth failing the demo for

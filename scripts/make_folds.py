@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.folds import FOLD_COLUMNS, make_folds  # noqa: E402
 from data.signal import LABEL_COLS  # noqa: E402
-from utils.io import atomic_write_bytes, read_csv_checked, require_dir, run_cli  # noqa: E402
+from utils.io import atomic_write_csv, read_csv_checked, require_dir, run_cli  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -26,7 +26,7 @@ def main(argv=None) -> None:
         return
     df = read_csv_checked(data_dir / "train.csv", required=("eeg_id", *FOLD_COLUMNS, *LABEL_COLS), what="train csv")
     folded = make_folds(df, n_folds=args.n_folds, seed=args.seed)
-    atomic_write_bytes(out, lambda tmp: folded.to_csv(tmp, index=False))
+    atomic_write_csv(out, folded)
     per_fold = folded.groupby("fold").agg(rows=("eeg_id", "size"), patients=("patient_id", "nunique"))
     print(f"wrote {out}: {len(folded)} rows; per fold " +
           ", ".join(f"{f}: {r.rows} rows/{r.patients} patients" for f, r in per_fold.iterrows()))

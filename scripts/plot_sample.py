@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from data.signal import CLASSES, FS, LABEL_COLS, MONTAGE_NAMES  # noqa: E402
+from utils import checkpoint as ckpt  # noqa: E402
 from utils.build import build_dataset, build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import DataError, read_csv_checked, require_dir, run_cli  # noqa: E402
@@ -59,11 +60,9 @@ def find_row(data_dir: Path, eeg_id: int, label_id=None) -> tuple[pd.DataFrame, 
 
 def plot_config(name: str, data_dir: Path, output_dir=None):
     if output_dir:
-        from scripts.predict import find_runs, run_config
-
-        runs = find_runs(output_dir, name)
+        runs = ckpt.finished_runs(output_dir, name)
         if runs:
-            return run_config(runs[0], data_dir)
+            return ckpt.load_run_config(runs[0], data_dir)
     cfg = load_config(name)
     cfg.pretrained, cfg.data_dir = False, str(data_dir)
     return cfg

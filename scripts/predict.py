@@ -18,7 +18,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,8 +31,7 @@ from data.signal import LABEL_COLS  # noqa: E402
 from utils import blend  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils.build import build_dataset, build_model  # noqa: E402
-from utils.config import available_configs, load_config  # noqa: E402
-from utils.io import DataError, atomic_write_bytes, read_csv_checked, require_dir, run_cli  # noqa: E402
+from utils.io import DataError, atomic_write_csv, read_csv_checked, require_dir, run_cli  # noqa: E402
 from utils.metric import softmax  # noqa: E402
 
 # fields of a run's config that cannot change its test-time inputs: runs differing only in these
@@ -64,32 +62,6 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
     return dev
-
-
-def find_runs(output_dir, config: str) -> list[Path]:
-    """Run folders of a config holding a checkpoint (all folds, fold -1 included), in a stable order."""
-    return sorted(p.parent for p in Path(output_dir).glob(f"{config}/fold*/seed*/{ckpt.FINAL}"))
-
-
-def run_config(run_dir: Path, data_dir, cache_dir=None) -> SimpleNamespace:
-    """A run's resolved config (config.json over its module's defaults), set up for offline inference."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise DataError(f"{path}: run config not found (each run folder needs config.json next to checkpoint.pth)")
-    try:
-        saved = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise DataError(f"{path}: unreadable run config: {err}") from None
-    name = saved.get("name")
-    cfg = load_config(name) if name in available_configs() else SimpleNamespace()
-    for key, value in saved.items():
-        current = getattr(cfg, key, None)
-        if value == "inf" and isinstance(current, float):  # cfg_to_dict writes inf as "inf"
-            value = float("inf")
-        setattr(cfg, key, value)
-    cfg.pretrained, cfg.pretrained_weights = False, None  # the checkpoint holds every weight
-    cfg.data_dir, cfg.cache_dir = str(data_dir), cache_dir
-    return cfg
 
 
 def load_model(run_dir: Path, cfg, device) -> torch.nn.Module:
@@ -166,13 +138,13 @@ def predict(data_dir, output_dir, blend_path=None, device="auto", batch_size=16,
             raise DataError(f"{sample_path}: eeg_ids differ from test.csv")
     else:
         columns, order = ["eeg_id", *LABEL_COLS], test_df["eeg_id"].to_numpy()
-    dirs = {cfg: find_runs(output_dir, cfg) for cfg in weights["weights"]}
+    dirs = {cfg: ckpt.finished_runs(output_dir, cfg) for cfg in weights["weights"]}
     missing = [cfg for cfg, r in dirs.items() if not r]
     if missing:
         raise DataError(f"{output_dir}: no checkpoints for {', '.join(missing)} (expected "
                         f"<output_dir>/<cfg>/fold*/seed*/checkpoint.pth; the blend file {blend_path} uses them)")
     # every run's config is read before any model runs, so a broken folder fails fast
-    runs = {cfg: [(d, run_config(d, data_dir, cache_dir)) for d in ds] for cfg, ds in dirs.items()}
+    runs = {cfg: [(d, ckpt.load_run_config(d, data_dir, cache_dir)) for d in ds] for cfg, ds in dirs.items()}
     dev = resolve_device(device)
     n_runs = sum(len(r) for r in runs.values())
     print(f"{len(test_df)} recording(s), {len(runs)} config(s), {n_runs} run(s), device {dev}")
@@ -181,7 +153,9 @@ def predict(data_dir, output_dir, blend_path=None, device="auto", batch_size=16,
         for cfg, members in runs.items():
             bar.set_postfix_str(cfg)
             logits[cfg] = config_logits(members, test_df, dev, batch_size, num_workers, bar)
-    blended = sum(weights["weights"][cfg] * x for cfg, x in logits.items()) + np.asarray(weights["bias"])
+    names = list(logits)
+    blended = blend.blend_logits(np.stack([logits[c] for c in names], axis=2),
+                                 [weights["weights"][c] for c in names], weights["bias"])
     probs = softmax(blended)
     sub = pd.DataFrame(probs, columns=LABEL_COLS)
     sub.insert(0, "eeg_id", test_df["eeg_id"].to_numpy())
@@ -195,11 +169,7 @@ def main(argv=None) -> pd.DataFrame:
     t0 = time.perf_counter()
     sub, _ = predict(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
                      args.cache_dir)
-
-    def write(tmp):
-        sub.to_csv(tmp, index=False)
-
-    atomic_write_bytes(args.out, write)
+    atomic_write_csv(args.out, sub)
     print(f"wrote {args.out}: {len(sub)} row(s) in {time.perf_counter() - t0:.1f} s")
     return sub
 

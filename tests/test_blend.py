@@ -23,7 +23,6 @@ def write_runs(root: Path, X: np.ndarray, y: np.ndarray, configs, seeds=(1,), no
     golden[LABEL_COLS] = y
     (root / "data").mkdir(parents=True, exist_ok=True)
     golden.to_csv(root / "data" / blend.GOLDEN_FILE, index=False)
-    rng = np.random.default_rng(5)
     for i, cfg in enumerate(configs):
         for f in range(4):
             if (cfg, f) in skip:

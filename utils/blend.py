@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from data.signal import LABEL_COLS, LOGIT_COLS
-from utils.io import DataError, atomic_write_bytes, read_csv_checked
+from utils.io import DataError, atomic_write_text, read_csv_checked
 from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
 
 ALL_CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
@@ -75,10 +75,13 @@ class OOFStack:
     configs: list
     X: np.ndarray
     y: np.ndarray
-    label_ids: np.ndarray
-    eeg_ids: np.ndarray
+    rows: pd.DataFrame  # the golden rows blended, in X's order
     notes: list = field(default_factory=list)
     n_runs: dict = field(default_factory=dict)
+
+    @property
+    def label_ids(self) -> np.ndarray:
+        return self.rows["label_id"].to_numpy()
 
 
 def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_seed_only=False) -> OOFStack:
@@ -115,7 +118,7 @@ def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_
         raise DataError(f"no golden row of {golden_path} is covered by all of {', '.join(used)}")
     X = np.stack([frames[cfg].loc[rows["label_id"], LOGIT_COLS].to_numpy(np.float64) for cfg in used], axis=2)
     y = votes_to_target(rows[LABEL_COLS].to_numpy())
-    return OOFStack(used, X, y, rows["label_id"].to_numpy(), rows["eeg_id"].to_numpy(), notes, n_runs)
+    return OOFStack(used, X, y, rows.reset_index(drop=True), notes, n_runs)
 
 
 def fit_blend(X: np.ndarray, y: np.ndarray, epochs: int = 801, lr: float = 0.1, batch_size: int = 1024,
@@ -188,12 +191,7 @@ def blend_logits(X: np.ndarray, w, c) -> np.ndarray:
 def save_blend(path, configs, w, c, report: dict) -> Path:
     payload = {"configs": list(configs), "weights": {cfg: float(v) for cfg, v in zip(configs, w)},
                "bias": [float(v) for v in c], "label_cols": LABEL_COLS, **report}
-    text = json.dumps(payload, indent=2).encode()
-
-    def write(tmp):
-        Path(tmp).write_bytes(text)
-
-    atomic_write_bytes(path, write)
+    atomic_write_text(path, json.dumps(payload, indent=2))
     return Path(path)
 
 

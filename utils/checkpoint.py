@@ -6,11 +6,14 @@ A run folder <output_dir>/<name>/fold<fold>/seed<seed>/ is *finished* when check
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
-from utils.io import DataError, atomic_write_bytes
+from utils.config import cfg_from_dict
+from utils.io import DataError, atomic_write_text
 
 FINAL = "checkpoint.pth"
 RESUME = "last_state.pth"
@@ -33,11 +36,31 @@ def interrupted_runs(output_dir, name: str, fold: int) -> list[Path]:
     return sorted(p for p in base.glob("seed*") if is_interrupted(p)) if base.is_dir() else []
 
 
+def finished_runs(output_dir, config: str) -> list[Path]:
+    """Run folders of a config holding a checkpoint (all folds, fold -1 included), in a stable order."""
+    return sorted(p.parent for p in Path(output_dir).glob(f"{config}/fold*/seed*/{FINAL}"))
+
+
+def load_run_config(folder, data_dir, cache_dir=None) -> SimpleNamespace:
+    """A run folder's resolved config (config.json over its module's defaults), set up for offline inference."""
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise DataError(f"{path}: run config not found (each run folder needs config.json next to checkpoint.pth)")
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise DataError(f"{path}: unreadable run config: {err}") from None
+    cfg = cfg_from_dict(saved)
+    cfg.pretrained, cfg.pretrained_weights = False, None  # the checkpoint holds every weight
+    cfg.data_dir, cfg.cache_dir = str(data_dir), cache_dir
+    return cfg
+
+
 def save(obj: dict, path) -> None:
     """torch.save through a temporary file and rename: a crash never leaves half a checkpoint."""
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
+    atomic_write_text(path, buf.getvalue())
 
 
 def load(path, map_location="cpu") -> dict:

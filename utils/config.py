@@ -93,10 +93,15 @@ def apply_overrides(cfg: SimpleNamespace, pairs: list[str]) -> SimpleNamespace:
 
 
 def cfg_to_dict(cfg: SimpleNamespace) -> dict:
-    """JSON-friendly copy of a config (for the run folder's resolved config)."""
-    out = {}
-    for key, value in vars(cfg).items():
-        if isinstance(value, float) and value == float("inf"):
-            value = "inf"
-        out[key] = value
-    return out
+    """Plain-dict copy of a config (the run folder's resolved config.json)."""
+    return dict(vars(cfg))
+
+
+def cfg_from_dict(saved: dict) -> SimpleNamespace:
+    """The inverse of cfg_to_dict: the saved values over the defaults of the config module they name
+    (so a field added to the configs after the run was saved still has a value)."""
+    name = saved.get("name")
+    cfg = load_config(name) if name in available_configs() else SimpleNamespace()
+    for key, value in saved.items():
+        setattr(cfg, key, value)
+    return cfg

@@ -57,7 +57,7 @@ def read_eeg_parquet(path) -> np.ndarray:
                      for c in EEG_COLUMNS], axis=1)
 
 
-def atomic_write_bytes(path, write_fn) -> None:
+def atomic_write(path, write_fn) -> None:
     """Call write_fn(tmp_path) then rename onto `path`, so readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,6 +69,22 @@ def atomic_write_bytes(path, write_fn) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_text(path, data) -> None:
+    """Write a str or bytes atomically."""
+    mode = "wb" if isinstance(data, bytes) else "w"
+
+    def write(tmp):
+        with open(tmp, mode) as fh:
+            fh.write(data)
+
+    atomic_write(path, write)
+
+
+def atomic_write_csv(path, df: pd.DataFrame) -> None:
+    """DataFrame -> csv (no index) atomically."""
+    atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
 def run_cli(main, argv=None) -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from utils.io import atomic_write_bytes
+from utils.io import atomic_write_text
 
 OFF_MODES = ("off", "none", "disabled", "false")
 METRIC_FIELDS = ["epoch", "step", "train_loss", "lr", "val_loss", "val_kl", "prior_kl", "oracle_kl"]
@@ -104,7 +104,7 @@ class Tracker:
         writer.writeheader()
         for row in self.history:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-        atomic_write_bytes(self.out_dir / "metrics.csv", lambda tmp: Path(tmp).write_text(buf.getvalue()))
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
 
     def close(self) -> None:
         if self.run is not None:
