@@ -67,16 +67,19 @@ for k in "${!RUNS[@]}"; do
   TODO+=("${RUNS[$k]}")
 done
 
-command_for() {  # prints the train.py command line of one run
-  local cfg=$1 fold=$2 seed=$3 resume=""
-  [ -f "$OUTPUT_DIR/$cfg/fold$fold/seed$seed/last_state.pth" ] && resume=" --resume"
-  printf '%s train.py -C %s --fold %s --seed %s%s' "$PYTHON" "$cfg" "$fold" "$seed" "$resume"
-  [ ${#EXTRA[@]} -gt 0 ] && printf ' %q' "${EXTRA[@]}"
-  printf '\n'
+log_of() { echo "$OUTPUT_DIR/logs/${1}_fold${2}_seed${3}.log"; }
+
+train_args() {  # train_args <cfg> <fold> <seed>: sets ARGS to that run's train.py arguments (--resume if interrupted)
+  ARGS=(train.py -C "$1" --fold "$2" --seed "$3")
+  [ -f "$OUTPUT_DIR/$1/fold$2/seed$3/last_state.pth" ] && ARGS+=(--resume)
+  ARGS+=("${EXTRA[@]}")
 }
 
 if [ "$DRY" -eq 1 ]; then
-  for r in "${TODO[@]}"; do command_for $r; done
+  for r in "${TODO[@]}"; do
+    train_args $r
+    printf '%s' "$PYTHON"; printf ' %q' "${ARGS[@]}"; printf '\n'
+  done
   exit 0
 fi
 
@@ -84,15 +87,17 @@ echo "${#TODO[@]} run(s) to do (shard $SHARD_I/$SHARD_N, ${#RUNS[@]} in the repr
 mkdir -p "$OUTPUT_DIR/logs"
 
 launch() {  # launch <gpu> <cfg> <fold> <seed>: runs in the background on that GPU, sets PID
-  local gpu=$1 cfg=$2 fold=$3 seed=$4 log="$OUTPUT_DIR/logs/${2}_fold${3}_seed${4}.log" resume=()
-  [ -f "$OUTPUT_DIR/$cfg/fold$fold/seed$seed/last_state.pth" ] && resume=(--resume)
-  echo "start: $cfg fold $fold seed $seed on GPU $gpu (log $log)"
-  CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" train.py -C "$cfg" --fold "$fold" --seed "$seed" "${resume[@]}" "${EXTRA[@]}" > "$log" 2>&1 &
+  local gpu=$1 log
+  log=$(log_of "$2" "$3" "$4")
+  train_args "$2" "$3" "$4"
+  echo "start: $2 fold $3 seed $4 on GPU $gpu (log $log)"
+  CUDA_VISIBLE_DEVICES=$gpu "$PYTHON" "${ARGS[@]}" > "$log" 2>&1 &
   PID=$!
 }
 
 failed() {  # failed <cfg> <fold> <seed> <status>
-  local log="$OUTPUT_DIR/logs/${1}_fold${2}_seed${3}.log"
+  local log
+  log=$(log_of "$1" "$2" "$3")
   echo "FAILED: $1 fold $2 seed $3 (exit status $4); last lines of $log:" >&2
   tail -n 20 "$log" >&2
   echo "stopping (no new runs start); finished runs are kept and skipped when ./run_train.sh is started again" >&2
@@ -101,11 +106,10 @@ failed() {  # failed <cfg> <fold> <seed> <status>
 if [ -z "$GPUS" ]; then  # one run at a time, shown on the console and kept in its log
   for r in "${TODO[@]}"; do
     read -r cfg fold seed <<< "$r"
-    log="$OUTPUT_DIR/logs/${cfg}_fold${fold}_seed${seed}.log"
-    resume=()
-    [ -f "$OUTPUT_DIR/$cfg/fold$fold/seed$seed/last_state.pth" ] && resume=(--resume)
+    log=$(log_of "$cfg" "$fold" "$seed")
+    train_args "$cfg" "$fold" "$seed"
     echo "start: $cfg fold $fold seed $seed (log $log)"
-    "$PYTHON" train.py -C "$cfg" --fold "$fold" --seed "$seed" "${resume[@]}" "${EXTRA[@]}" 2>&1 | tee "$log"
+    "$PYTHON" "${ARGS[@]}" 2>&1 | tee "$log"
     status=${PIPESTATUS[0]}
     [ "$status" -eq 0 ] || { failed "$cfg" "$fold" "$seed" "$status"; exit 1; }
   done
