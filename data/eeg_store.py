@@ -53,7 +53,8 @@ class EEGStore:
         if not path.exists():
             data = read_eeg_parquet(self.source(eeg_id))
             for stale in self.cache_dir.glob(f"{int(eeg_id)}_*.npy"):
-                stale.unlink(missing_ok=True)
+                if stale != path:  # another process may have just written the current key: keep it
+                    stale.unlink(missing_ok=True)
 
             def write(tmp):
                 with open(tmp, "wb") as fh:

@@ -38,6 +38,34 @@ def test_store_rebuilds_when_source_changes(tmp_path):
     assert len(list(store.cache_dir.glob("7_*.npy"))) == 1  # the stale copy is gone
 
 
+def test_store_concurrent_builds_keep_the_cache(tmp_path, monkeypatch):
+    """Two processes decoding one recording at once (DataLoader workers, the demo's parallel runs):
+    the slower one must not delete the copy the faster one has just written and is reading."""
+    import data.eeg_store as eeg_store
+
+    x = write_recording(tmp_path / "eegs" / "7.parquet", 5_000, seed=3)
+    slow, fast = EEGStore(tmp_path / "eegs", tmp_path / "cache"), EEGStore(tmp_path / "eegs", tmp_path / "cache")
+    real_read, real_write = eeg_store.read_eeg_parquet, eeg_store.atomic_write
+    built = []
+
+    def read_while_other_builds(path):
+        out = real_read(path)
+        monkeypatch.setattr(eeg_store, "read_eeg_parquet", real_read)
+        monkeypatch.setattr(eeg_store, "atomic_write", real_write)
+        built.append(fast.build(7))  # the other process finishes first, while this one is decoding
+        monkeypatch.setattr(eeg_store, "atomic_write", write_after_other_reads)
+        return out
+
+    def write_after_other_reads(path, fn):
+        # the other process opens its fresh copy just before this one writes its own
+        np.testing.assert_array_equal(np.load(built[0], mmap_mode="r")[10:30], x[10:30])
+        real_write(path, fn)
+
+    monkeypatch.setattr(eeg_store, "read_eeg_parquet", read_while_other_builds)
+    slow.build(7)
+    assert built and len(list(fast.cache_dir.glob("7_*.npy"))) == 1
+
+
 def test_store_errors_name_the_file(tmp_path):
     store = EEGStore(tmp_path / "eegs", tmp_path / "cache")
     with pytest.raises(DataError, match=r"eegs/5\.parquet: eeg file not found"):
