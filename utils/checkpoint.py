@@ -1,12 +1,20 @@
-"""Run folders and checkpoints: atomic writes, weights_only loads, finished/interrupted detection.
+"""Run folders and checkpoints: durable atomic writes, weights_only loads, and the one rule for a run's state.
 
-A run folder <output_dir>/<name>/fold<fold>/seed<seed>/ is *finished* when checkpoint.pth exists
-(written last) and *interrupted* when only the per-epoch resume state last_state.pth exists.
+A run folder <output_dir>/<name>/fold<fold>/seed<seed>/ is
+- *finished* when checkpoint.pth is a complete checkpoint (train.py writes it last, fsynced, after
+  val_logits.csv and everything else the run produces), so whatever a finished folder holds belongs
+  to that checkpoint;
+- *interrupted* when it is not finished and holds the per-epoch resume state last_state.pth;
+- *not started* otherwise (a zero-length or truncated checkpoint.pth counts as not finished, and
+  `checkpoint_problem` names it).
+train.py, run_train.sh (through utils/sweep), the blend, predict, plot_sample and the demo all use
+`run_state` / `is_finished` from here and nothing else.
 """
 from __future__ import annotations
 
 import io
 import json
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -23,12 +31,42 @@ def run_dir(output_dir, name: str, fold: int, seed: int) -> Path:
     return Path(output_dir) / name / f"fold{fold}" / f"seed{seed}"
 
 
+FINISHED, INTERRUPTED, NOT_STARTED = "finished", "interrupted", "not started"
+
+
+def checkpoint_problem(path) -> str | None:
+    """None when `path` is a complete torch checkpoint, else why not (missing, empty, truncated).
+
+    torch.save writes a zip whose directory sits at the end of the file, so a cheap zip check catches
+    an empty or cut-off file without unpickling tens of MB."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "zero-length file"
+    try:
+        with zipfile.ZipFile(path) as zf:
+            if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in zf.namelist()):
+                return "not a torch checkpoint (no data.pkl)"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"unreadable ({err})"
+    return None
+
+
+def run_state(path) -> str:
+    """FINISHED, INTERRUPTED or NOT_STARTED: the one rule for a run folder."""
+    path = Path(path)
+    if checkpoint_problem(path / FINAL) is None:
+        return FINISHED
+    return INTERRUPTED if (path / RESUME).is_file() else NOT_STARTED
+
+
 def is_finished(path) -> bool:
-    return (Path(path) / FINAL).is_file()
+    return run_state(path) == FINISHED
 
 
 def is_interrupted(path) -> bool:
-    return (Path(path) / RESUME).is_file() and not is_finished(path)
+    return run_state(path) == INTERRUPTED
 
 
 def interrupted_runs(output_dir, name: str, fold: int) -> list[Path]:
@@ -36,9 +74,18 @@ def interrupted_runs(output_dir, name: str, fold: int) -> list[Path]:
     return sorted(p for p in base.glob("seed*") if is_interrupted(p)) if base.is_dir() else []
 
 
-def finished_runs(output_dir, config: str) -> list[Path]:
-    """Run folders of a config holding a checkpoint (all folds, fold -1 included), in a stable order."""
-    return sorted(p.parent for p in Path(output_dir).glob(f"{config}/fold*/seed*/{FINAL}"))
+def finished_runs(output_dir, config: str, fold: int | None = None) -> list[Path]:
+    """Finished run folders of a config (all folds, fold -1 included, or one fold), in a stable order."""
+    pattern = f"{config}/fold*/seed*" if fold is None else f"{config}/fold{fold}/seed*"
+    return sorted((p for p in Path(output_dir).glob(pattern) if p.is_dir() and is_finished(p)), key=_run_key)
+
+
+def _run_key(path: Path):
+    """fold then seed by number (seed7 < seed42); odd names last."""
+    def num(name, prefix):
+        tail = name[len(prefix):]
+        return (0, int(tail), "") if name.startswith(prefix) and tail.lstrip("-").isdigit() else (1, 0, name)
+    return num(path.parent.name, "fold"), num(path.name, "seed")
 
 
 def load_run_config(folder, data_dir, cache_dir=None) -> SimpleNamespace:

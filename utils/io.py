@@ -57,15 +57,33 @@ def read_eeg_parquet(path) -> np.ndarray:
                      for c in EEG_COLUMNS], axis=1)
 
 
+def fsync_path(path) -> None:
+    """Flush a file's (or a folder's) data to disk; a folder's fsync makes a rename in it durable."""
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if os.path.isdir(path) else 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # e.g. folders cannot be opened on some platforms: nothing more to do there
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path, write_fn) -> None:
-    """Call write_fn(tmp_path) then rename onto `path`, so readers never see half a file."""
+    """Call write_fn(tmp_path), fsync it, rename onto `path`, fsync the folder: readers never see half a
+    file, and after a crash or power loss the path holds either the old or the whole new content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write_fn(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
