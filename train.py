@@ -12,12 +12,17 @@ carries over epoch ends as in the reference); gradients clipped to `clip_grad` a
 fp16 autocast + GradScaler on CUDA when `mixed_precision`, bf16 autocast on CPU only with
 `cpu_amp`. Outputs go to <output_dir>/<name>/fold<fold>/seed<seed>/: config.json (resolved config),
 run_info.json, metrics.csv (per epoch), last_state.pth (resume state, removed at the end), and at the
-end val_logits.csv (eeg_id, label_id, raw logits), learning_curve.png and checkpoint.pth (written last:
-its presence marks a finished run). DDP: per-process batch = batch_size, validation rows split into
-contiguous per-rank slices and gathered in row order, only rank 0 writes.
+end val_logits.csv (eeg_id, label_id, raw logits), learning_curve.png and checkpoint.pth, written last
+and fsynced: utils/checkpoint.py's rule makes a folder with a complete checkpoint.pth a finished run,
+and only finished runs are blended or predicted with. `--force` trains into a hidden .seed<seed>.force/
+beside the old run and replaces it only when the new run finishes. A run that fails before its first
+epoch ends leaves no folder behind. Seeds: see utils/seed.py (augmentations depend only on seed,
+epoch and row). DDP: per-process batch = batch_size, validation rows split into contiguous per-rank
+slices and gathered in row order, only rank 0 writes.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import math
@@ -26,6 +31,7 @@ import shutil
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -33,9 +39,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
-from torch.utils.data.distributed import DistributedSampler  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from data.sampler import EpochSampler  # noqa: E402
 from data.signal import LABEL_COLS, LOGIT_COLS  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
@@ -44,47 +50,32 @@ from utils.build import build_dataset, build_model  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
 from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
                       require_dir, run_cli)
-from utils.seed import draw_seed, get_rng_state, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
+from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
 from utils.tracking import Tracker  # noqa: E402
 
 USAGE = __doc__.split("\n\n")[1]
-FLAGS = {"--resume": "resume", "--force": "force"}
 
 
 # --- command line ---------------------------------------------------------------------------------
 def parse_args(argv: list[str]):
-    """-C/--config NAME, --resume, --force, --stop_after_epochs N (test hook: simulate an interruption);
-    everything else is a config override (`--field value`)."""
-    opts = {"config": None, "resume": False, "force": False, "stop_after_epochs": None}
-    rest, i = [], 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        if arg in FLAGS:
-            opts[FLAGS[arg]] = True
-        elif arg in ("-C", "--config", "--stop_after_epochs") or arg.startswith(("--config=", "--stop_after_epochs=")):
-            key, _, value = arg.partition("=")
-            if not value:
-                if i + 1 >= len(argv):
-                    raise ConfigError(f"{key} needs a value")
-                value, i = argv[i + 1], i + 1
-            if key == "--stop_after_epochs":
-                try:
-                    opts["stop_after_epochs"] = int(value)
-                except ValueError:
-                    raise ConfigError(f"bad value for --stop_after_epochs: '{value}'") from None
-            else:
-                opts["config"] = value
-        else:
-            rest.append(arg)
-        i += 1
-    if not opts["config"]:
+    """-C/--config NAME, --resume, --force, --stop_after_epochs N (stop resumably, e.g. to split a long
+    run); everything else is a config override (`--field value`, `--field=value`, `--data-dir` too)."""
+    p = argparse.ArgumentParser(prog="train.py", usage=USAGE, add_help=True, allow_abbrev=False)
+    p.add_argument("-C", "--config")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--stop_after_epochs", "--stop-after-epochs", default=None)
+    opts, rest = p.parse_known_args(argv)
+    if not opts.config:
         raise ConfigError("no config given: use -C cfg_name (e.g. -C cfg_5a)")
-    cfg = apply_overrides(load_config(opts["config"]), rest)
+    if opts.stop_after_epochs is not None:
+        try:
+            opts.stop_after_epochs = int(opts.stop_after_epochs)
+        except ValueError:
+            raise ConfigError(f"bad value for --stop_after_epochs: '{opts.stop_after_epochs}'") from None
+    cfg = apply_overrides(load_config(opts.config), rest)
     check_cfg(cfg)
-    return cfg, opts
+    return cfg, vars(opts)
 
 
 def check_cfg(cfg) -> None:
@@ -121,24 +112,36 @@ def read_rows(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
         raise DataError(f"{data_dir / cfg.train_df}: no training rows for fold {cfg.fold}")
     if len(val) == 0:
         raise DataError(f"{data_dir / cfg.val_df}: no validation rows in fold {val_fold}")
+    if cfg.fold != -1:
+        check_no_leak(train, val, cfg.fold, data_dir / cfg.train_df, data_dir / cfg.val_df)
     return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def check_no_leak(train: pd.DataFrame, val: pd.DataFrame, fold: int, train_path, val_path) -> None:
+    """A patient (or recording) on both sides of a fold would make its validation score a lie."""
+    for col in ("patient_id", "eeg_id"):
+        if col in train.columns and col in val.columns:
+            shared = np.intersect1d(train[col].unique(), val[col].unique())
+            if len(shared):
+                raise DataError(f"fold {fold}: {len(shared)} {col} value(s) in both the training rows ({train_path}) "
+                                f"and the validation rows ({val_path}), e.g. {col} {shared[0]}; every patient "
+                                f"must sit in one fold (make the folds with scripts/make_folds.py)")
 
 
 def vote_shares(df: pd.DataFrame) -> np.ndarray:
     return metric.votes_to_target(df[LABEL_COLS].to_numpy())
 
 
-def train_loader(cfg, df, info, generator, epoch):
-    """Build the (curriculum-aware) train dataset and loader for `epoch`; drop_last as the reference."""
+def train_loader(cfg, df, info, epoch):
+    """The train dataset and loader; drop_last as the reference. The sampler hands each item its epoch,
+    so rows draw the same augmentations whatever the worker count (see data/sampler.py)."""
     cfg.curr_epoch = epoch
     ds = build_dataset(df, cfg, mode="train")
-    sampler = None
-    if info.distributed:
-        sampler = DistributedSampler(ds, num_replicas=info.world_size, rank=info.rank, shuffle=True, seed=cfg.seed)
-        sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
-                      num_workers=n_workers(cfg, info), generator=generator, worker_init_fn=worker_init_fn,
-                      pin_memory=info.device.type == "cuda")
+    sampler = EpochSampler(len(ds), cfg.seed, shuffle=True, rank=info.rank, world=info.world_size)
+    sampler.set_epoch(epoch)
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=n_workers(cfg, info), worker_init_fn=worker_init_fn,
+                      generator=torch.Generator(), pin_memory=info.device.type == "cuda")
 
 
 def n_workers(cfg, info) -> int:
@@ -177,7 +180,8 @@ def predict(model, ds, cfg, info, autocast) -> tuple[np.ndarray, float | None]:
     concatenates them, so no row is duplicated or lost."""
     idx = np.array_split(np.arange(len(ds)), info.world_size)[info.rank]
     loader = DataLoader(Subset(ds, idx.tolist()), batch_size=cfg.batch_size_val or cfg.batch_size, shuffle=False,
-                        num_workers=n_workers(cfg, info), pin_memory=info.device.type == "cuda")
+                        num_workers=n_workers(cfg, info), pin_memory=info.device.type == "cuda",
+                        generator=torch.Generator())  # never draws from the global RNG the model uses
     model.eval()
     parts, loss_sum, n = [], 0.0, 0
     for batch in tqdm(loader, desc="validation", disable=not info.is_main, leave=False):
@@ -252,27 +256,52 @@ def choose_seed(cfg, opts, info) -> None:
         cfg.seed = dist_utils.broadcast_object(draw_seed(), info)
 
 
-def prepare_run_dir(cfg, opts, info) -> Path:
-    out = ckpt.run_dir(cfg.output_dir, cfg.name, cfg.fold, cfg.seed)
+def prepare_run_dir(cfg, opts, info, log) -> tuple[Path, Path]:
+    """(work folder, final folder). A fresh run trains in its final folder; --force over an existing run
+    trains in the hidden staging folder beside it, which replaces the old run only when it finishes."""
+    final = ckpt.run_dir(cfg.output_dir, cfg.name, cfg.fold, cfg.seed)
+    state, staging = ckpt.run_state(final), ckpt.staging_dir(final)
+    problem = ckpt.checkpoint_problem(final / ckpt.FINAL)
+    if opts["force"] and state != ckpt.NOT_STARTED:
+        if opts["resume"]:
+            if not ckpt.is_interrupted(staging):
+                raise ConfigError(f"{staging}: no interrupted --force run to resume")
+            return staging, final
+        dist_utils.barrier(info)
+        if info.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            log(f"--force: training into {staging}; the {state} run in {final} stays until the new one finishes")
+        dist_utils.barrier(info)
+        return staging, final
     if opts["resume"]:
-        if not ckpt.is_interrupted(out):
-            raise ConfigError(f"{out}: nothing to resume ({'run already finished' if ckpt.is_finished(out) else 'no ' + ckpt.RESUME})")
-        return out
-    if (ckpt.is_finished(out) or ckpt.is_interrupted(out)) and not opts["force"]:
-        what = "a finished run" if ckpt.is_finished(out) else "an interrupted run (continue it with --resume)"
-        raise ConfigError(f"{out} holds {what}; use another --seed, or --force to train it again")
-    dist_utils.barrier(info)
-    if info.is_main and out.exists():
-        for name in (ckpt.FINAL, ckpt.RESUME):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "neptune", ignore_errors=True)
-    dist_utils.barrier(info)
-    return out
+        if state != ckpt.INTERRUPTED:
+            why = ("run already finished" if state == ckpt.FINISHED else
+                   f"no {ckpt.RESUME}" + ("" if problem == "missing" else f", and {ckpt.FINAL} is a {problem}"))
+            hint = " (an interrupted --force retrain: add --force)" if ckpt.is_interrupted(staging) else ""
+            raise ConfigError(f"{final}: nothing to resume ({why}){hint}")
+        return final, final
+    if state != ckpt.NOT_STARTED:
+        what = "a finished run" if state == ckpt.FINISHED else "an interrupted run (continue it with --resume)"
+        raise ConfigError(f"{final} holds {what}; use another --seed, or --force to train it again")
+    if final.exists():  # leftovers of an unfinished attempt (a cut-off checkpoint, stale logits): start clean
+        dist_utils.barrier(info)
+        if info.is_main:
+            if problem != "missing":
+                log(f"warning: {final / ckpt.FINAL} is a {problem}: not a finished run; training it again")
+            shutil.rmtree(final, ignore_errors=True)
+        dist_utils.barrier(info)
+    return final, final
 
 
 def write_json(path: Path, obj: dict) -> None:
     text = json.dumps(obj, indent=1, default=str)
     atomic_write_text(path, text)
+
+
+def amp_label(cfg, device) -> str:
+    if device.type == "cuda" and cfg.mixed_precision:
+        return "float16"
+    return "bfloat16" if device.type == "cpu" and cfg.cpu_amp else "float32"
 
 
 def warn_config_changes(cfg, out: Path, log) -> None:
@@ -284,133 +313,186 @@ def warn_config_changes(cfg, out: Path, log) -> None:
 
 
 # --- the run --------------------------------------------------------------------------------------
-def run(cfg, opts, info) -> Path:
-    log = print if info.is_main else (lambda *a, **k: None)
+class Run(SimpleNamespace):
+    """Everything one training run holds: config, process info, folders, rows, model, optimiser, loaders."""
+
+
+def build(cfg, opts, info, log) -> Run:
+    """Rows, seed, run folder, model, optimiser, schedule and precision of a new or resumed run."""
     train_df, val_df = read_rows(cfg)
-    if steps_per_epoch(len(train_df), cfg, info) == 0:
+    n_steps = steps_per_epoch(len(train_df), cfg, info)
+    if n_steps == 0:
         raise ConfigError(f"bad value for --batch_size: {cfg.batch_size} x {info.world_size} process(es) is more "
                           f"than the {len(train_df)} training rows")
     choose_seed(cfg, opts, info)
-    out = prepare_run_dir(cfg, opts, info)
-    if opts["resume"]:
-        warn_config_changes(cfg, out, log)
-    elif info.is_main:
-        write_json(out / "config.json", cfg_to_dict(cfg))
-        write_json(out / "run_info.json", {"world_size": info.world_size, "device": str(info.device),
-                                           "train_rows": len(train_df), "val_rows": len(val_df),
-                                           "torch": torch.__version__})
+    work, final = prepare_run_dir(cfg, opts, info, log)
+    r = Run(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
+            train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None)
+    seed_everything(rank_seed(cfg.seed, info.rank))
+    r.model = build_model(cfg).to(info.device)
+    r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    r.scheduler = cosine_schedule(r.optimizer, cfg.epochs * n_steps)
+    r.amp = amp_label(cfg, info.device)
+    r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp == "float16")
+    r.autocast = autocast_for(cfg, info.device)
+    return r
 
-    seed_everything(cfg.seed + info.rank)
-    generator = torch.Generator().manual_seed(cfg.seed + info.rank)
-    model = build_model(cfg).to(info.device)
-    n_steps = steps_per_epoch(len(train_df), cfg, info)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = cosine_schedule(optimizer, cfg.epochs * n_steps)
-    use_scaler = info.device.type == "cuda" and cfg.mixed_precision
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    autocast = autocast_for(cfg, info.device)
 
-    start_epoch, step, history = 0, 0, []
-    state = None
-    if opts["resume"]:
-        state = ckpt.load(out / ckpt.RESUME)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        for p, g in zip(model.parameters(), state["grads"]):  # accumulation pending across the epoch end
-            p.grad = None if g is None else g.to(p.device)
-        start_epoch, step, history = state["epoch"] + 1, state["step"], state["history"]
-        log(f"resuming {out} after epoch {start_epoch}/{cfg.epochs}")
+def restore(r: Run) -> None:
+    """Continue an interrupted run: weights, optimiser, schedule, scaler, pending gradients, RNG states.
+    A change of device or precision works, and is named in one line (the continuation then differs)."""
+    out, log, info = r.work, r.log, r.info
+    warn_config_changes(r.cfg, out, log)
+    state = ckpt.load(out / ckpt.RESUME)
+    r.model.load_state_dict(state["model"])
+    r.optimizer.load_state_dict(state["optimizer"])
+    r.scheduler.load_state_dict(state["scheduler"])
+    saved_dev, saved_amp = state.get("device", info.device.type), state.get("amp", r.amp)
+    if r.scaler.is_enabled() and state["scaler"]:
+        r.scaler.load_state_dict(state["scaler"])
+    changed = [f"{what} {now} (was {was})" for what, now, was in
+               (("device", info.device.type, saved_dev), ("precision", r.amp, saved_amp)) if now != was]
+    if changed:
+        log(f"warning: resuming with {', '.join(changed)}: the run goes on, but will not equal an uninterrupted one"
+            + ("; fp16 loss scaling starts afresh" if r.scaler.is_enabled() and not state["scaler"] else ""))
+    for p, g in zip(r.model.parameters(), state["grads"]):  # accumulation pending across the epoch end
+        p.grad = None if g is None else g.to(p.device)
+    r.start_epoch, r.step, r.history = state["epoch"] + 1, state["step"], state["history"]
+    rng = state["rng"]
+    if len(rng) != info.world_size:
+        log(f"warning: checkpoint has RNG states of {len(rng)} process(es), now {info.world_size}; "
+            f"the continuation will not match an uninterrupted run")
+    set_rng_state(rng[info.rank % len(rng)])
+    log(f"resuming {out} after epoch {r.start_epoch}/{r.cfg.epochs}")
 
-    net = model
+
+def train_epoch(r: Run, net, epoch: int) -> dict:
+    """One pass over the training rows; the scheduler steps every batch, the optimiser every
+    grad_accumulation batches (a global counter, so accumulation carries over epoch ends)."""
+    cfg, info = r.cfg, r.info
+    if r.loader is None or cfg.reload_train_loader:
+        r.loader = train_loader(cfg, r.train_df, info, epoch)
+    r.loader.sampler.set_epoch(epoch)
+    net.train()
+    losses = []
+    bar = tqdm(r.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
+    for batch in bar:
+        r.step += 1
+        with r.autocast():
+            loss = net(to_device(batch, info.device))["loss"]
+        losses.append(float(loss.detach()))
+        r.scaler.scale(loss / cfg.grad_accumulation).backward()
+        if r.step % cfg.grad_accumulation == 0:
+            if cfg.clip_grad and cfg.clip_grad > 0:
+                r.scaler.unscale_(r.optimizer)
+                torch.nn.utils.clip_grad_norm_(r.model.parameters(), cfg.clip_grad)
+            r.scaler.step(r.optimizer)
+            r.scaler.update()
+            r.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # stepping before the first optimizer step is intended
+            warnings.simplefilter("ignore", UserWarning)
+            r.scheduler.step()
+        lr = r.optimizer.param_groups[0]["lr"]
+        r.tracker.log_step(r.step, losses[-1], lr)
+        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", lr=f"{lr:.2e}", refresh=False)
+    parts = dist_utils.gather_objects((sum(losses), len(losses)), info)
+    return {"epoch": epoch, "step": r.step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
+            "lr": r.optimizer.param_groups[0]["lr"]}
+
+
+def validate(r: Run, row: dict, last: bool) -> None:
+    """Validation KL into `row`; after the last epoch the logits are written (before the checkpoint)."""
+    dist_utils.sync_buffers(r.model, r.info)
+    logits, val_loss = predict(r.model, r.val_ds, r.cfg, r.info, r.autocast)
+    row.update(val_loss=val_loss, val_kl=metric.kl_from_logits(r.val_target, logits),
+               prior_kl=r.prior_kl, oracle_kl=r.oracle)
+    if r.info.is_main and last:
+        write_val_logits(r.work / "val_logits.csv", r.val_df, logits)
+    vl = "n/a" if val_loss is None else f"{val_loss:.4f}"
+    r.log(f"epoch {row['epoch'] + 1}/{r.cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {vl}, "
+          f"val KL {row['val_kl']:.4f} (class prior {r.prior_kl:.4f}"
+          + ("" if r.oracle is None else f", oracle {r.oracle:.4f}") + ")")
+
+
+def save_resume_state(r: Run, epoch: int) -> None:
+    rngs = dist_utils.gather_objects(get_rng_state(), r.info)
+    if r.info.is_main:
+        ckpt.save({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
+                   "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
+                   "grads": [None if p.grad is None else p.grad.detach().cpu() for p in r.model.parameters()],
+                   "epoch": epoch, "step": r.step, "history": r.tracker.history, "rng": rngs,
+                   "seed": r.cfg.seed, "device": r.info.device.type, "amp": r.amp}, r.work / ckpt.RESUME)
+
+
+def finish(r: Run) -> None:
+    """Curve, then the checkpoint (fsynced, last), then a --force run replaces the old one."""
+    cfg = r.cfg
+    plot_curve(r.work / "learning_curve.png", r.tracker.history, f"{cfg.name} fold {cfg.fold} seed {cfg.seed}")
+    final = r.tracker.history[-1]
+    r.tracker.close()
+    ckpt.save({"model": r.model.state_dict(), "name": cfg.name, "fold": cfg.fold, "seed": cfg.seed,
+               "epoch": cfg.epochs - 1, "val_kl": final["val_kl"]}, r.work / ckpt.FINAL)
+    (r.work / ckpt.RESUME).unlink(missing_ok=True)
+    if r.work != r.final:
+        ckpt.promote(r.work, r.final)
+    r.log(f"done: {r.final} (val KL {final['val_kl']:.4f})")
+
+
+def train_run(r: Run, opts) -> None:
+    cfg, info, log = r.cfg, r.info, r.log
+    net = r.model
     if info.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-    if state is not None:
-        rng = state["rng"]
-        if len(rng) != info.world_size:
-            log(f"warning: checkpoint has RNG states of {len(rng)} process(es), now {info.world_size}; "
-                f"the continuation will not match an uninterrupted run")
-        set_rng_state(rng[info.rank % len(rng)], generator)
-
-    tracker = Tracker(cfg, out, enabled=info.is_main, resume_history=history, log=log)
-    val_ds = build_dataset(val_df, cfg, mode="val")
-    val_target = vote_shares(val_df)
-    prior_kl = metric.prior_kl(vote_shares(train_df), val_target)
-    oracle = oracle_kl(val_df, cfg, log)
-    log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(train_df)} train / {len(val_df)} val rows, "
-        f"{cfg.epochs} epochs x {n_steps} steps, device {info.device} x {info.world_size}, "
-        f"amp {'fp16' if use_scaler else 'bf16' if autocast is not contextlib.nullcontext else 'off'} -> {out}")
-
-    loader = None
+            r.model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    if info.is_main and not opts["resume"]:
+        write_json(r.work / "config.json", cfg_to_dict(cfg))
+        write_json(r.work / "run_info.json", {"world_size": info.world_size, "device": str(info.device),
+                                              "train_rows": len(r.train_df), "val_rows": len(r.val_df),
+                                              "torch": torch.__version__})
+    r.tracker = Tracker(cfg, r.work, enabled=info.is_main, resume_history=r.history, log=log)
+    r.val_ds = build_dataset(r.val_df, cfg, mode="val")
+    r.val_target = vote_shares(r.val_df)
+    r.prior_kl = metric.prior_kl(vote_shares(r.train_df), r.val_target)
+    r.oracle = oracle_kl(r.val_df, cfg, log)
+    log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(r.train_df)} train / {len(r.val_df)} val rows, "
+        f"{cfg.epochs} epochs x {r.n_steps} steps, device {info.device} x {info.world_size}, "
+        f"amp {r.amp} -> {r.work}")
     stop_after = opts["stop_after_epochs"]
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            if loader is None or cfg.reload_train_loader:
-                loader = train_loader(cfg, train_df, info, generator, epoch)
-            elif isinstance(loader.sampler, DistributedSampler):
-                loader.sampler.set_epoch(epoch)
-            net.train()
-            losses = []
-            bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
-            for batch in bar:
-                step += 1
-                with autocast():
-                    output = net(to_device(batch, info.device))
-                loss = output["loss"]
-                losses.append(float(loss.detach()))
-                scaler.scale(loss / cfg.grad_accumulation).backward()
-                if step % cfg.grad_accumulation == 0:
-                    if cfg.clip_grad and cfg.clip_grad > 0:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    optimizer.zero_grad(set_to_none=True)
-                with warnings.catch_warnings():  # stepping before the first optimizer step is intended
-                    warnings.simplefilter("ignore", UserWarning)
-                    scheduler.step()
-                lr = optimizer.param_groups[0]["lr"]
-                tracker.log_step(step, losses[-1], lr)
-                bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", lr=f"{lr:.2e}", refresh=False)
-            parts = dist_utils.gather_objects((sum(losses), len(losses)), info)
-            row = {"epoch": epoch, "step": step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
-                   "lr": optimizer.param_groups[0]["lr"]}
-            if (epoch + 1) % cfg.eval_epochs == 0 or epoch + 1 == cfg.epochs:
-                dist_utils.sync_buffers(model, info)
-                logits, val_loss = predict(model, val_ds, cfg, info, autocast)
-                row.update(val_loss=val_loss, val_kl=metric.kl_from_logits(val_target, logits),
-                           prior_kl=prior_kl, oracle_kl=oracle)
-                if info.is_main and epoch + 1 == cfg.epochs:  # only finished runs hold logits (blending reads them)
-                    write_val_logits(out / "val_logits.csv", val_df, logits)
-                vl = "n/a" if val_loss is None else f"{val_loss:.4f}"
-                log(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {vl}, "
-                    f"val KL {row['val_kl']:.4f} (class prior {prior_kl:.4f}"
-                    + ("" if oracle is None else f", oracle {oracle:.4f}") + ")")
-            tracker.log_epoch(row)
+        for epoch in range(r.start_epoch, cfg.epochs):
             last = epoch + 1 == cfg.epochs
-            rngs = dist_utils.gather_objects(get_rng_state(generator), info) if not last else None
-            if info.is_main and not last:
-                ckpt.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                           "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                           "grads": [None if p.grad is None else p.grad.detach().cpu() for p in model.parameters()],
-                           "epoch": epoch, "step": step, "history": tracker.history, "rng": rngs,
-                           "seed": cfg.seed}, out / ckpt.RESUME)
+            row = train_epoch(r, net, epoch)
+            if (epoch + 1) % cfg.eval_epochs == 0 or last:
+                validate(r, row, last)
+            r.tracker.log_epoch(row)
+            if last:
+                break
+            save_resume_state(r, epoch)
             dist_utils.barrier(info)
-            if stop_after is not None and epoch + 1 >= stop_after and not last:
-                log(f"stopped after epoch {epoch + 1} (--stop_after_epochs); continue with --resume --seed {cfg.seed}")
-                return out
+            if stop_after is not None and epoch + 1 >= stop_after:
+                log(f"stopped after epoch {epoch + 1} (--stop_after_epochs); continue with --resume --seed {cfg.seed}"
+                    + (" --force" if r.work != r.final else ""))
+                return
         if info.is_main:
-            plot_curve(out / "learning_curve.png", tracker.history, f"{cfg.name} fold {cfg.fold} seed {cfg.seed}")
-            final = tracker.history[-1]
-            ckpt.save({"model": model.state_dict(), "name": cfg.name, "fold": cfg.fold, "seed": cfg.seed,
-                       "epoch": cfg.epochs - 1, "val_kl": final["val_kl"]}, out / ckpt.FINAL)
-            (out / ckpt.RESUME).unlink(missing_ok=True)
-            log(f"done: {out} (val KL {final['val_kl']:.4f})")
+            finish(r)
     finally:
-        tracker.close()
-    return out
+        r.tracker.close()
+
+
+def run(cfg, opts, info) -> Path:
+    """Build (or restore) and train one run; a run that fails before its first epoch ends leaves no folder."""
+    log = print if info.is_main else (lambda *a, **k: None)
+    r = Run(work=None)
+    try:
+        r = build(cfg, opts, info, log)
+        if opts["resume"]:
+            restore(r)
+        train_run(r, opts)
+    except BaseException:
+        if r.work is not None and r.created and info.is_main and not (r.work / ckpt.RESUME).exists() and not ckpt.is_finished(r.work):
+            shutil.rmtree(r.work, ignore_errors=True)
+        raise
+    return r.final
 
 
 def main(argv=None) -> None:

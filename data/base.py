@@ -1,7 +1,8 @@
 """What every dataset module shares: rows -> 50 s window (with the training shift), targets, RNG.
 
-Per-item randomness comes from a numpy Generator seeded by torch's RNG, so DataLoader workers get
-distinct streams and a run seeded (or resumed) through torch's state repeats its augmentations.
+Per-item randomness: a training item is fetched with the key (epoch, row) (data/sampler.py) and draws
+its augmentations from `utils.seed.item_rng(cfg.seed, epoch, row)`, so they depend only on the run's
+seed, the epoch and the row: not on the DataLoader worker count, the machine or the rank layout.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 from data.eeg_store import EEGStore
 from data.signal import FS, LABEL_COLS, MONTAGE_ELECTRODES
 from utils.io import DataError
+from utils.seed import item_rng
 
 MODES = ("train", "val", "test")
 
@@ -63,11 +65,15 @@ class EEGWindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.df)
 
-    def item_rng(self):
-        """A fresh Generator per training item (None in val/test: no augmentation)."""
+    def item_rng(self, epoch: int, idx: int):
+        """The training item's Generator (None in val/test: no augmentation). An unseeded config
+        (seed < 0, e.g. a dataset built outside train.py) draws a fresh stream from torch's RNG."""
         if not self.training:
             return None
-        return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        seed = getattr(self.cfg, "seed", -1)
+        if seed is None or seed < 0:
+            return np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+        return item_rng(seed, epoch, idx)
 
     def raw_window(self, idx: int, rng) -> tuple[np.ndarray, int]:
         """(window (cfg.window_len, 20) float32 with NaN kept, center). A recording shorter than the
@@ -100,8 +106,11 @@ class EEGWindowDataset(Dataset):
     def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
         raise NotImplementedError
 
-    def __getitem__(self, idx: int) -> dict:
-        rng = self.item_rng()
+    def __getitem__(self, key) -> dict:
+        """key: a row index, or (epoch, row) from the training sampler (a bare row is epoch curr_epoch)."""
+        epoch, idx = key if isinstance(key, tuple) else (getattr(self.cfg, "curr_epoch", 0), key)
+        idx = int(idx)
+        rng = self.item_rng(epoch, idx)
         x, center = self.raw_window(idx, rng)
         self.check_signal(x, idx)
         out = self.transform(x, center, rng, idx)

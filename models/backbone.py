@@ -5,7 +5,11 @@ Kept in one place so mdl_1/3/4 share the offline story: a failed download names 
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import timm
 import torch.nn as nn
@@ -20,6 +24,52 @@ class PretrainedWeightsError(ConfigError):
 def _offline_hint(cfg) -> str:
     return (f"run offline with `--pretrained False` (random init) or "
             f"`--pretrained_weights /path/{cfg.backbone}.pth` (a timm state dict)")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt to the weights hub (HF_ENDPOINT aware), instead of minutes of retries."""
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode():
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def quiet_hub(offline: bool):
+    """Silence the hub's retry warnings; offline: use the local cache only (fails at once if not there)."""
+    from huggingface_hub import constants
+
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "timm", "urllib3")]
+    levels = [lg.level for lg in loggers]
+    old = constants.HF_HUB_OFFLINE
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.ERROR)
+        constants.HF_HUB_OFFLINE = old or offline
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = old
+        for lg, lv in zip(loggers, levels):
+            lg.setLevel(lv)
+
+
+def download_pretrained(cfg, kwargs) -> nn.Module:
+    """timm weights from the hub or its local cache; any failure is one line naming the offline options."""
+    online = hub_reachable()
+    try:
+        with quiet_hub(offline=not online):
+            return timm.create_model(cfg.backbone, pretrained=True, **kwargs)
+    except Exception as err:  # noqa: BLE001 - network/hub failures of any kind
+        why = "the weights hub cannot be reached and they are not in the local cache" if not online else \
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        raise PretrainedWeightsError(f"downloading pretrained {cfg.backbone} weights failed ({why}); "
+                                     f"{_offline_hint(cfg)}") from None
 
 
 def replace_stem(model: nn.Module, in_chans: int) -> nn.Module:
@@ -50,12 +100,7 @@ def create_backbone(cfg, in_chans: int, fresh_stem: bool = False) -> nn.Module:
             raise PretrainedWeightsError(f"{path}: cannot load as {cfg.backbone} weights: "
                                          f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
     elif cfg.pretrained:
-        try:
-            model = timm.create_model(cfg.backbone, pretrained=True, **kwargs)
-        except Exception as err:  # noqa: BLE001 - network/hub failures of any kind
-            msg = str(err).splitlines()[0] if str(err) else ""
-            raise PretrainedWeightsError(f"downloading pretrained {cfg.backbone} weights failed "
-                                         f"({type(err).__name__}: {msg}); {_offline_hint(cfg)}") from None
+        model = download_pretrained(cfg, kwargs)
     else:
         model = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
     if fresh_stem:

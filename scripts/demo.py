@@ -174,16 +174,36 @@ def train_all(data_dir: Path, out_dir: Path, args) -> list:
     return failures
 
 
-def table(report: dict, timings: dict) -> str:
+def run_scores(out_dir: Path, configs) -> list[dict]:
+    """Each finished run's last validation KL and its class prior (from its metrics.csv)."""
+    from utils import checkpoint as ckpt
+
+    rows = []
+    for name in configs:
+        for run in ckpt.finished_runs(out_dir, name):
+            m = pd.read_csv(run / "metrics.csv").dropna(subset=["val_kl"])
+            if len(m):
+                rows.append({"config": name, "fold": run.parent.name[4:], "val_kl": float(m["val_kl"].iloc[-1]),
+                             "prior_kl": float(m["prior_kl"].iloc[-1])})
+    return rows
+
+
+def table(report: dict, timings: dict, runs: list[dict] = ()) -> str:
+    """The final table: OOF KL per config, the blend against the prior, and every run worse than its prior."""
     rows = [(cfg, kl) for cfg, kl in report["oof_kl"].items()]
+    bad = [r for r in runs if r["val_kl"] > r["prior_kl"]]
+    worse = {r["config"] for r in bad}
     lines = ["", f"{'':<26s}{'OOF KL':>8s}", "-" * 34]
-    lines += [f"{cfg:<26s}{kl:8.4f}" for cfg, kl in rows]
+    lines += [f"{cfg:<26s}{kl:8.4f}" + ("  !" if cfg in worse else "") for cfg, kl in rows]
     lines += ["-" * 34, f"{'blend (held-out KFold)':<26s}{report['blend_oof_kl']:8.4f}",
               f"{'class prior':<26s}{report['prior_kl']:8.4f}"]
     if report.get("oracle_kl") is not None:
         lines.append(f"{'oracle (latent probs)':<26s}{report['oracle_kl']:8.4f}")
     gain = 1 - report["blend_oof_kl"] / report["prior_kl"]
-    lines += ["-" * 34, f"blend vs class prior: {100 * gain:.0f}% lower KL on {report['n_rows']} golden rows", ""]
+    lines += ["-" * 34, f"blend vs class prior: {100 * gain:.0f}% lower KL on {report['n_rows']} golden rows"]
+    lines += [f"! {r['config']} fold {r['fold']}: validation KL {r['val_kl']:.4f} is worse than its class prior "
+              f"{r['prior_kl']:.4f} (a failed run; see its learning_curve.png)" for r in bad]
+    lines += [""]
     lines += [f"{'wall time ' + k:<26s}{v:7.0f} s" for k, v in timings.items()]
     return "\n".join(lines)
 
@@ -237,13 +257,15 @@ def main(argv=None) -> dict:
     timings["predict"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
-    print(table(report, timings))
+    runs = run_scores(out_dir, args.configs)
+    print(table(report, timings, runs))
     if "test_kl_vs_latent" in report:
         print(f"test set: KL of the submission against the latent probabilities {report['test_kl_vs_latent']:.4f}")
     print(f"outputs: {out_dir} (submission.csv, {BLEND_FILE}, blend_weights_kl.png, per-run learning curves)")
     summary = {"oof_kl": report["oof_kl"], "blend_oof_kl": report["blend_oof_kl"], "prior_kl": report["prior_kl"],
                "oracle_kl": report.get("oracle_kl"), "n_rows": report["n_rows"], "timings": timings,
-               "failures": failures, "out_dir": str(out_dir), "test_kl_vs_latent": report.get("test_kl_vs_latent")}
+               "failures": failures, "out_dir": str(out_dir), "test_kl_vs_latent": report.get("test_kl_vs_latent"),
+               "runs": runs, "runs_worse_than_prior": [r for r in runs if r["val_kl"] > r["prior_kl"]]}
     (out_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
     if failures:
         raise DataError(f"{len(failures)} training run(s) failed (see {out_dir / 'logs'}); the blend used the others")

@@ -1,6 +1,15 @@
-"""Shared fixtures: small recordings in the competition format, written to a temporary folder."""
+"""Shared fixtures: small recordings in the competition format, written to a temporary folder.
+
+Everything the suite writes to the temp folder (pytest's tmp_path, subprocesses' temp files, torch's
+compile cache) goes into one session folder, removed when the suite passes; anything else left there
+fails the session, so a test that leaks files is noticed.
+"""
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +19,35 @@ import pytest
 from data.signal import EEG_COLUMNS, LABEL_COLS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "hms_real_sample"
+
+SESSION_TMP = Path(tempfile.mkdtemp(prefix="hms-tests-"))
+KNOWN_CACHES = ("torchinductor", "triton")
+os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)  # subprocesses inherit it
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(SESSION_TMP / "torchinductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(SESSION_TMP / "triton"))
+
+
+_CLEAN = {"remove": False}
+
+
+@atexit.register
+def _remove_session_tmp() -> None:  # registered first, so it runs after pytest's own exit handlers
+    if _CLEAN["remove"]:
+        shutil.rmtree(SESSION_TMP, ignore_errors=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A passing suite removes the session's temp folder at exit; stray files left there fail it."""
+    stray = sorted(p.name for p in SESSION_TMP.iterdir()
+                   if not p.name.startswith("pytest-of-") and p.name not in KNOWN_CACHES)
+    if exitstatus == 0 and stray:
+        print(f"\nerror: the tests left {len(stray)} entr(y/ies) in the temp folder {SESSION_TMP}: {', '.join(stray[:5])}")
+        session.exitstatus = 1
+    elif exitstatus == 0:
+        _CLEAN["remove"] = True
+    else:
+        print(f"\n(temp files of this failed session kept in {SESSION_TMP})")
 
 
 def write_recording(path: Path, n_samples: int, seed: int = 0, nan_rows: slice | None = None) -> np.ndarray:
@@ -39,7 +77,7 @@ def tiny_data(tmp_path) -> Path:
             rows.append(dict(eeg_id=eeg_id, eeg_sub_id=k, eeg_label_offset_seconds=float(off),
                              spectrogram_id=eeg_id + 7, spectrogram_sub_id=k,
                              spectrogram_label_offset_seconds=float(off), label_id=10 * eeg_id + k,
-                             patient_id=i % 3, expert_consensus="Other",
+                             patient_id=i, expert_consensus="Other",
                              **{c: int(v) for c, v in zip(LABEL_COLS, votes)}, fold=i % 4))
     df = pd.DataFrame(rows)
     for name in ("train.csv", "train_folded.csv", "train_folded_6k6.csv", "train_folded_6k6c.csv",

@@ -10,6 +10,7 @@ import pytest
 
 from data.signal import LABEL_COLS, LOGIT_COLS
 from utils import blend
+from utils import checkpoint as ckpt
 from utils.io import DataError
 from utils.metric import kl_from_logits, softmax
 
@@ -35,6 +36,7 @@ def write_runs(root: Path, X: np.ndarray, y: np.ndarray, configs, seeds=(1,), no
                 # seeds differ by +-noise so that their mean is exactly X
                 df[LOGIT_COLS] = X[sel][::-1, :, i] + noise * (1 if k % 2 == 0 else -1) * (len(seeds) > 1)
                 df.to_csv(d / "val_logits.csv", index=False)
+                ckpt.save({"model": {}, "seed": seed}, d / ckpt.FINAL)  # a finished run (the rule's only mark)
     return golden
 
 
@@ -136,7 +138,7 @@ def test_missing_configs_and_folds_are_named(tmp_path):
     stack = blend.load_oof_stack(tmp_path / "out", tmp_path / "data", ["cfg_1", "cfg_4", "cfg_5d"])
     assert stack.configs == ["cfg_1", "cfg_4"]
     text = "\n".join(stack.notes)
-    assert "cfg_5d: no runs" in text and "cfg_4: fold(s) 3 missing" in text
+    assert "cfg_5d: no finished runs" in text and "cfg_4: fold(s) 3 missing" in text
     assert len(stack.y) == int((golden["fold"] != 3).sum())  # rows covered by every used config
     ids = golden.set_index("label_id")
     np.testing.assert_allclose(stack.y, ids.loc[stack.label_ids, LABEL_COLS].to_numpy(), atol=1e-12)
@@ -153,3 +155,31 @@ def test_no_runs_or_no_golden_file_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "train_folded_6k6.csv: golden validation file not found" in proc.stderr
     with pytest.raises(DataError, match="blend file not found"):
         blend.load_blend(tmp_path / "out" / "none.json")
+
+
+def test_only_finished_runs_are_blended_and_unfinished_logits_are_named(tmp_path):
+    X, y, _, _ = known_problem(n=400)
+    write_runs(tmp_path, X, y, ["cfg_2a"], seeds=(1,))
+    # an unfinished seed with logits (killed between logits and checkpoint) and one with a cut-off checkpoint
+    for seed, ck in ((2, None), (3, b"")):
+        d = tmp_path / "out" / "cfg_2a" / "fold0" / f"seed{seed}"
+        d.mkdir(parents=True)
+        pd.read_csv(tmp_path / "out" / "cfg_2a" / "fold0" / "seed1" / "val_logits.csv").assign(
+            **{c: 99.0 for c in LOGIT_COLS}).to_csv(d / "val_logits.csv", index=False)
+        if ck is not None:
+            (d / ckpt.FINAL).write_bytes(ck)
+    stack = blend.load_oof_stack(tmp_path / "out", tmp_path / "data", ["cfg_2a"])
+    assert stack.X.max() < 99  # the unfinished runs' logits are not averaged in
+    assert stack.n_runs["cfg_2a"] == 4  # one finished seed per fold
+    assert any("seed2" in n and "missing" in n for n in stack.notes)
+    assert any("seed3" in n and "zero-length" in n for n in stack.notes)
+
+
+def test_rows_validated_in_two_folds_are_refused(tmp_path):
+    X, y, _, _ = known_problem(n=400)
+    write_runs(tmp_path, X, y, ["cfg_2a"])
+    f0 = tmp_path / "out" / "cfg_2a" / "fold0" / "seed1" / "val_logits.csv"
+    f1 = tmp_path / "out" / "cfg_2a" / "fold1" / "seed1" / "val_logits.csv"
+    pd.concat([pd.read_csv(f1), pd.read_csv(f0).head(3)]).to_csv(f1, index=False)  # 3 rows leak into fold 1
+    with pytest.raises(DataError, match="3 validation row.*more than one fold"):
+        blend.load_oof_stack(tmp_path / "out", tmp_path / "data", ["cfg_2a"])

@@ -34,6 +34,7 @@ def test_small_demo_end_to_end(tmp_path):
     golden = pd.read_csv(work / "datamount" / blend.GOLDEN_FILE)
     assert summary["n_rows"] == int(golden["fold"].isin([0, 1]).sum())
     assert set(summary["oof_kl"]) == {"cfg_2a", "cfg_1"} and summary["failures"] == []
+    assert len(summary["runs"]) == 4  # every run scored against its class prior
     assert summary["oracle_kl"] is not None and summary["oracle_kl"] < summary["prior_kl"]
     # the final table carries every figure of the summary
     for key in ("cfg_2a", "cfg_1", "blend (held-out KFold)", "class prior", "oracle", "wall time total"):
@@ -70,3 +71,14 @@ def test_demo_rejects_unknown_config_before_any_work(tmp_path):
                            "--configs", "cfg_9"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown config 'cfg_9'" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_table_marks_runs_worse_than_their_class_prior():
+    report = {"oof_kl": {"cfg_3": 0.9, "cfg_1": 0.5}, "blend_oof_kl": 0.45, "prior_kl": 0.85, "n_rows": 10}
+    runs = [{"config": "cfg_3", "fold": "1", "val_kl": 1.70, "prior_kl": 0.87},
+            {"config": "cfg_1", "fold": "0", "val_kl": 0.50, "prior_kl": 0.87}]
+    text = demo.table(report, {"total": 1.0}, runs)
+    assert "cfg_3 fold 1: validation KL 1.7000 is worse than its class prior 0.8700" in text
+    assert "cfg_1 fold 0" not in text
+    assert any(ln.startswith("cfg_3") and ln.endswith("!") for ln in text.splitlines())
+    assert not any(ln.startswith("cfg_1") and ln.endswith("!") for ln in text.splitlines())

@@ -74,7 +74,7 @@ def test_random_seed_is_drawn_and_recorded_and_cpu_amp_runs(tiny_data, tmp_path,
     out = tmp_path / "out"
     run_ok(train_args(tiny_data, out, "--epochs", "1", "--max_train_rows", "2", "--max_val_rows", "1",
                       "--cpu_amp", "True"))
-    assert "amp bf16" in capsys.readouterr().out
+    assert "amp bfloat16" in capsys.readouterr().out
     (d,) = list((out / "cfg_2a" / "fold0").iterdir())
     seed = json.loads((d / "config.json").read_text())["seed"]
     assert d.name == f"seed{seed}" and seed >= 0

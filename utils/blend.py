@@ -8,7 +8,6 @@ fraction of the time.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from data.signal import LABEL_COLS, LOGIT_COLS
+from utils import checkpoint as ckpt
 from utils.io import DataError, atomic_write_text, read_csv_checked
 from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
 
@@ -27,16 +27,16 @@ GOLDEN_FILE = "train_folded_6k6.csv"
 BLEND_FILE = "blend_weights.json"
 
 
-def _seed_key(path: Path):
-    """Seed folders sorted by their number (seed7 < seed42), odd names last by name."""
-    m = re.fullmatch(r"seed(-?\d+)", path.name)
-    return (0, int(m.group(1)), "") if m else (1, 0, path.name)
-
-
 def seed_dirs(output_dir, config: str, fold: int) -> list[Path]:
-    """Run folders of one config and fold that hold validation logits."""
-    base = Path(output_dir) / config / f"fold{fold}"
-    return sorted((p for p in base.glob("seed*") if (p / "val_logits.csv").is_file()), key=_seed_key)
+    """Finished run folders of one config and fold (utils/checkpoint.py's rule): only their logits count."""
+    return ckpt.finished_runs(output_dir, config, fold)
+
+
+def unfinished_with_logits(output_dir, config: str, folds) -> list[Path]:
+    """Run folders whose val_logits.csv is not backed by a complete checkpoint (named, never blended)."""
+    base = Path(output_dir) / config
+    return sorted(p.parent for f in folds for p in base.glob(f"fold{f}/seed*/val_logits.csv")
+                  if not ckpt.is_finished(p.parent))
 
 
 def read_val_logits(path: Path) -> pd.DataFrame:
@@ -65,8 +65,12 @@ def config_oof(output_dir, config: str, folds=BLEND_FOLDS, first_seed_only: bool
     if not parts:
         return None, missing, 0
     oof = pd.concat(parts, ignore_index=True)
-    # a row validated under two folds would be a bug upstream: keep the first (and say nothing breaks)
-    return oof.drop_duplicates("label_id"), missing, n_runs
+    dup = oof["label_id"][oof["label_id"].duplicated()]
+    if len(dup):  # a row validated in two folds: its patient leaked across folds
+        raise DataError(f"{Path(output_dir) / config}: {dup.nunique()} validation row(s) appear in more than one fold "
+                        f"(e.g. label_id {dup.iloc[0]}); the folds overlap, so the out-of-fold logits are not "
+                        f"out of fold (remake the folds and retrain)")
+    return oof, missing, n_runs
 
 
 @dataclass
@@ -93,9 +97,12 @@ def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_
     golden = golden[golden["fold"].isin(folds)].drop_duplicates("label_id").reset_index(drop=True)
     notes, frames, n_runs = [], {}, {}
     for cfg in configs:
+        for d in unfinished_with_logits(output_dir, cfg, folds):
+            problem = ckpt.checkpoint_problem(d / ckpt.FINAL)
+            notes.append(f"{d}: val_logits.csv without a complete {ckpt.FINAL} ({problem}): unfinished, not used")
         oof, missing, runs = config_oof(output_dir, cfg, folds, first_seed_only)
         if oof is None:
-            notes.append(f"{cfg}: no runs with val_logits.csv under {Path(output_dir) / cfg}/fold{{{','.join(map(str, folds))}}}/seed*: left out")
+            notes.append(f"{cfg}: no finished runs under {Path(output_dir) / cfg}/fold{{{','.join(map(str, folds))}}}/seed*: left out")
             continue
         if missing:
             notes.append(f"{cfg}: fold(s) {', '.join(map(str, missing))} missing: only rows of the other folds can be blended")
@@ -105,7 +112,7 @@ def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_
         frames[cfg], n_runs[cfg] = oof.set_index("label_id"), runs
     if not frames:
         raise DataError(f"{output_dir}: no validation logits for any of {', '.join(configs)} "
-                        f"(expected <output_dir>/<cfg>/fold<0-3>/seed*/val_logits.csv; train first)")
+                        f"(expected finished runs <output_dir>/<cfg>/fold<0-3>/seed*/ with checkpoint.pth and val_logits.csv; train first)")
     used = list(frames)
     keep = np.ones(len(golden), dtype=bool)
     for cfg in used:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import zipfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,7 +23,7 @@ from types import SimpleNamespace
 import torch
 
 from utils.config import cfg_from_dict
-from utils.io import DataError, atomic_write_text
+from utils.io import DataError, atomic_write_text, fsync_path
 
 FINAL = "checkpoint.pth"
 RESUME = "last_state.pth"
@@ -59,6 +61,24 @@ def run_state(path) -> str:
     if checkpoint_problem(path / FINAL) is None:
         return FINISHED
     return INTERRUPTED if (path / RESUME).is_file() else NOT_STARTED
+
+
+def staging_dir(final) -> Path:
+    """Where `--force` retrains a run: hidden beside it (not matched by seed*), so the old run stays whole."""
+    final = Path(final)
+    return final.parent / f".{final.name}.force"
+
+
+def promote(staging, final) -> None:
+    """Replace `final` by the finished `staging` run: old run aside, new run in, old run removed."""
+    staging, final = Path(staging), Path(final)
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(staging, final)
+    fsync_path(final.parent)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_finished(path) -> bool:

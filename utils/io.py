@@ -105,6 +105,20 @@ def atomic_write_csv(path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
+def one_line(err: BaseException) -> str:
+    """The error's own message. A DataLoader worker's error reaches the main process re-raised with the
+    worker's whole traceback as its message; its last line ("module.Class: message") is the message."""
+    text = str(err)
+    if "\nOriginal Traceback" in text and text.startswith("Caught "):
+        last = text.rstrip().splitlines()[-1]
+        prefix = f"{type(err).__module__}.{type(err).__qualname__}: "
+        for p in (prefix, f"{type(err).__qualname__}: "):
+            if last.startswith(p):
+                return last[len(p):]
+        return last
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def run_cli(main, argv=None) -> int:
     """Run a script's main; data/config errors print one line on stderr and exit 2."""
     from utils.config import ConfigError
@@ -112,6 +126,6 @@ def run_cli(main, argv=None) -> int:
     try:
         main(argv)
     except (DataError, ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     return 0

@@ -1,5 +1,11 @@
-"""Seeding and RNG state capture, so a run is repeatable and a resumed run continues the same streams.
+"""Seeds that mean the same on every machine, and RNG state capture for resuming.
 
+- Data augmentation: each training item draws from `item_rng(seed, epoch, row)`, a stream that depends
+  on nothing else (not the DataLoader worker count, the machine or the rank layout).
+- The epoch's row order: `epoch_order(n, seed, epoch)`, likewise.
+- Model-side randomness (dropout, channel dropout) uses the process's torch RNG, seeded from
+  `SeedSequence([seed, rank])` so no DDP rank reuses another run's seed (runs use consecutive seeds),
+  and saved/restored on resume.
 The states are stored as plain tensors/ints (no numpy pickles) so checkpoints load with
 torch.load(weights_only=True).
 """
@@ -15,6 +21,21 @@ def draw_seed() -> int:
     return int(np.random.SeedSequence().entropy % 1_000_000)
 
 
+def rank_seed(seed: int, rank: int = 0) -> int:
+    """The process seed of `rank` in a run seeded `seed`: independent streams, never another run's seed."""
+    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint32)[0])
+
+
+def item_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
+    """The augmentation stream of one training row in one epoch."""
+    return np.random.default_rng([int(seed), int(epoch), int(row)])
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled row order of one epoch (a stream distinct from every item's: two words, not three)."""
+    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -22,8 +43,8 @@ def seed_everything(seed: int) -> None:
 
 
 def worker_init_fn(worker_id: int) -> None:
-    """DataLoader workers: derive python/numpy seeds from the worker's torch seed (set by the loader's
-    generator), so augmentations differ per worker yet repeat for a given run seed."""
+    """DataLoader workers: seed python/numpy from the worker's torch seed, so any code that still uses
+    the global generators differs per worker (the datasets draw from `item_rng` instead)."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
