@@ -139,9 +139,14 @@ def train_loader(cfg, df, info, epoch):
     ds = build_dataset(df, cfg, mode="train")
     sampler = EpochSampler(len(ds), cfg.seed, shuffle=True, rank=info.rank, world=info.world_size)
     sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                      num_workers=n_workers(cfg, info), worker_init_fn=worker_init_fn,
-                      generator=torch.Generator(), pin_memory=info.device.type == "cuda")
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, worker_init_fn=worker_init_fn,
+                      generator=torch.Generator(), pin_memory=info.device.type == "cuda", **worker_args(cfg, info))
+
+
+def worker_args(cfg, info) -> dict:
+    """Loader workers kept alive across epochs, each with batches prefetched (none: load in-process)."""
+    n = n_workers(cfg, info)
+    return {"num_workers": n, **({"persistent_workers": True, "prefetch_factor": 4} if n else {})}
 
 
 def n_workers(cfg, info) -> int:
@@ -175,25 +180,30 @@ def cosine_schedule(optimizer, total_steps: int):
 
 # --- validation -----------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model, ds, cfg, info, autocast) -> tuple[np.ndarray, float | None]:
-    """Logits for every row of `ds` in row order; ranks take contiguous slices (no padding) and rank 0
-    concatenates them, so no row is duplicated or lost."""
+def val_loader(ds, cfg, info) -> DataLoader:
+    """This rank's contiguous slice of the validation rows (no padding, so no row is duplicated)."""
     idx = np.array_split(np.arange(len(ds)), info.world_size)[info.rank]
-    loader = DataLoader(Subset(ds, idx.tolist()), batch_size=cfg.batch_size_val or cfg.batch_size, shuffle=False,
-                        num_workers=n_workers(cfg, info), pin_memory=info.device.type == "cuda",
-                        generator=torch.Generator())  # never draws from the global RNG the model uses
+    return DataLoader(Subset(ds, idx.tolist()), batch_size=cfg.batch_size_val or cfg.batch_size, shuffle=False,
+                      pin_memory=info.device.type == "cuda", generator=torch.Generator(),  # not the global RNG
+                      **worker_args(cfg, info))
+
+
+@torch.no_grad()
+def predict(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, float | None]:
+    """Logits for every row of `ds` in row order, gathered on rank 0 from the ranks' slices."""
+    loader = loader or val_loader(ds, cfg, info)
     model.eval()
-    parts, loss_sum, n = [], 0.0, 0
+    parts, loss_sum, n = [], torch.zeros((), device=info.device), 0
     for batch in tqdm(loader, desc="validation", disable=not info.is_main, leave=False):
         batch = to_device(batch, info.device)
         with autocast():
             out = model(batch)
-        parts.append(out["logits"].float().cpu().numpy())
+        parts.append(out["logits"].float())
         if "loss" in out:
-            loss_sum += float(out["loss"]) * len(out["logits"])
+            loss_sum += out["loss"].detach().float() * len(out["logits"])
             n += len(out["logits"])
-    local = np.concatenate(parts) if parts else np.zeros((0, len(LOGIT_COLS)), np.float32)
-    gathered = dist_utils.gather_objects((local, loss_sum, n), info)
+    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, len(LOGIT_COLS)), np.float32)
+    gathered = dist_utils.gather_objects((local, float(loss_sum), n), info)
     logits = np.concatenate([g[0] for g in gathered])
     total_n = sum(g[2] for g in gathered)
     return logits, (sum(g[1] for g in gathered) / total_n if total_n else None)
@@ -327,10 +337,11 @@ def build(cfg, opts, info, log) -> Run:
     choose_seed(cfg, opts, info)
     work, final = prepare_run_dir(cfg, opts, info, log)
     r = Run(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
-            train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None)
+            train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None, val_loader=None)
     seed_everything(rank_seed(cfg.seed, info.rank))
     r.model = build_model(cfg).to(info.device)
-    r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = {"fused": True} if info.device.type == "cuda" else {"foreach": True}  # same update, fewer kernels
+    r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     r.scheduler = cosine_schedule(r.optimizer, cfg.epochs * n_steps)
     r.amp = amp_label(cfg, info.device)
     r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp == "float16")
@@ -368,21 +379,29 @@ def restore(r: Run) -> None:
 
 def train_epoch(r: Run, net, epoch: int) -> dict:
     """One pass over the training rows; the scheduler steps every batch, the optimiser every
-    grad_accumulation batches (a global counter, so accumulation carries over epoch ends)."""
+    grad_accumulation batches (a global counter, so accumulation carries over epoch ends). The loss is
+    summed on the device and read (a host sync) only every `log_every` steps and at the epoch's end;
+    DDP all-reduces gradients only on the micro-step that steps the optimiser."""
     cfg, info = r.cfg, r.info
     if r.loader is None or cfg.reload_train_loader:
         r.loader = train_loader(cfg, r.train_df, info, epoch)
     r.loader.sampler.set_epoch(epoch)
     net.train()
-    losses = []
+    total = torch.zeros((), device=info.device)
+    window, n, shown = torch.zeros((), device=info.device), 0, 0
     bar = tqdm(r.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
     for batch in bar:
         r.step += 1
-        with r.autocast():
-            loss = net(to_device(batch, info.device))["loss"]
-        losses.append(float(loss.detach()))
-        r.scaler.scale(loss / cfg.grad_accumulation).backward()
-        if r.step % cfg.grad_accumulation == 0:
+        stepping = r.step % cfg.grad_accumulation == 0
+        sync = contextlib.nullcontext() if stepping or not info.distributed else net.no_sync()
+        with sync:
+            with r.autocast():
+                loss = net(to_device(batch, info.device))["loss"]
+            r.scaler.scale(loss / cfg.grad_accumulation).backward()
+        total += loss.detach().float()
+        window += loss.detach().float()
+        n += 1
+        if stepping:
             if cfg.clip_grad and cfg.clip_grad > 0:
                 r.scaler.unscale_(r.optimizer)
                 torch.nn.utils.clip_grad_norm_(r.model.parameters(), cfg.clip_grad)
@@ -392,10 +411,14 @@ def train_epoch(r: Run, net, epoch: int) -> dict:
         with warnings.catch_warnings():  # stepping before the first optimizer step is intended
             warnings.simplefilter("ignore", UserWarning)
             r.scheduler.step()
-        lr = r.optimizer.param_groups[0]["lr"]
-        r.tracker.log_step(r.step, losses[-1], lr)
-        bar.set_postfix(loss=f"{np.mean(losses[-10:]):.4f}", lr=f"{lr:.2e}", refresh=False)
-    parts = dist_utils.gather_objects((sum(losses), len(losses)), info)
+        if n - shown >= cfg.log_every or n == len(r.loader):
+            mean = float(window) / (n - shown)  # the only host sync in the loop
+            lr = r.optimizer.param_groups[0]["lr"]
+            r.tracker.log_step(r.step, mean, lr)
+            bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
+            window.zero_()
+            shown = n
+    parts = dist_utils.gather_objects((float(total), n), info)
     return {"epoch": epoch, "step": r.step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
             "lr": r.optimizer.param_groups[0]["lr"]}
 
@@ -403,7 +426,9 @@ def train_epoch(r: Run, net, epoch: int) -> dict:
 def validate(r: Run, row: dict, last: bool) -> None:
     """Validation KL into `row`; after the last epoch the logits are written (before the checkpoint)."""
     dist_utils.sync_buffers(r.model, r.info)
-    logits, val_loss = predict(r.model, r.val_ds, r.cfg, r.info, r.autocast)
+    if r.val_loader is None:
+        r.val_loader = val_loader(r.val_ds, r.cfg, r.info)
+    logits, val_loss = predict(r.model, r.val_ds, r.cfg, r.info, r.autocast, r.val_loader)
     row.update(val_loss=val_loss, val_kl=metric.kl_from_logits(r.val_target, logits),
                prior_kl=r.prior_kl, oracle_kl=r.oracle)
     if r.info.is_main and last:

@@ -70,7 +70,8 @@ cfg.cpu_amp = False
 cfg.eval_epochs = 1
 cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (ds_2 curriculum)
 cfg.curr_epoch = 0  # set by train.py before each (re)build of the train dataset
-cfg.num_workers = 4
+cfg.num_workers = 8  # as the reference; train.py takes min(num_workers, cores per process)
+cfg.log_every = 20  # steps between reads of the loss (a host sync) for the progress bar and the tracker
 cfg.max_train_rows = None  # demo/test override: keep only the first N train rows
 cfg.max_val_rows = None
 

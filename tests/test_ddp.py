@@ -22,12 +22,15 @@ SMALL = ["--frontend_filters", "8", "--sq_dim", "16", "--sq_heads", "2", "--sq_l
 
 
 def test_two_cpu_processes_match_one(tiny_data, tmp_path):
-    rows = pd.read_csv(tiny_data / "train_folded_6k6.csv").assign(fold=0)  # 8 validation rows in fold 0
+    fold0 = pd.read_csv(tiny_data / "train_folded_6k6.csv").query("fold == 0")  # 2 rows of one patient
+    rows = pd.concat([fold0.assign(label_id=fold0["label_id"] * 10 + k) for k in range(3)], ignore_index=True)
+    assert len(rows) == 6  # 6 validation rows in fold 0, none of a training patient
     rows.to_csv(tiny_data / "val_all.csv", index=False)
     out = tmp_path / "out"
     args = ["-C", "cfg_2a", "--fold", "0", "--seed", "11", "--epochs", "2", "--data_dir", str(tiny_data),
             "--output_dir", str(out), "--val_df", "val_all.csv", "--max_val_rows", "5", *SMALL]
     res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "--log-dir", str(tmp_path / "torchrun_logs"),
                           str(ROOT / "train.py"), *args], capture_output=True, text=True, timeout=300,
                          cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
