@@ -144,9 +144,10 @@ def test_rotary_is_a_rotation_with_relative_positions():
     assert not torch.allclose(rq[100] @ rk[90], rq[100] @ rk[80])  # but it does depend on m - n
 
 
-def test_attention_equals_plain_softmax_attention():
+@pytest.mark.parametrize("dropout", [0.0, 0.2])  # fused SDPA path / explicit path (evaluation: no dropout)
+def test_attention_equals_plain_softmax_attention(dropout):
     torch.manual_seed(0)
-    attn = RotaryAttention(dim=128, heads=4, dropout=0.2).eval()
+    attn = RotaryAttention(dim=128, heads=4, dropout=dropout).eval()
     x = torch.randn(2, 50, 128)
     cos, sin = RotaryEmbedding(32, 625)(50)
     with torch.no_grad():
