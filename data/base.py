@@ -26,12 +26,13 @@ def eeg_dir_for(cfg, mode: str) -> Path:
 
 
 def window_start(offset: int, rec_len: int, window: int, shift_max: int, rng) -> tuple[int, int]:
-    """(start, center) of the model window. Training: start drawn in [offset - shift, offset + shift]
-    and clipped to the file; center = window // 2 + (offset - start) marks the label centre."""
+    """(start, center) of the model window. Training: start = int(uniform(offset - shift, offset + shift)),
+    as the reference draws it (truncated toward zero, so offset + shift itself never comes up), then
+    clipped to the file; center = window // 2 + (offset - start) marks the label centre."""
     if rng is None or shift_max <= 0:
         start = offset
     else:
-        start = int(rng.integers(offset - shift_max, offset + shift_max + 1))
+        start = int(rng.uniform(offset - shift_max, offset + shift_max))
     start = int(np.clip(start, 0, max(rec_len - window, 0)))
     return start, window // 2 + (offset - start)
 

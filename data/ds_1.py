@@ -42,6 +42,6 @@ class CustomDataset(EEGWindowDataset):
                              cfg.butter_order)
         x = clip_scale(x, cfg.clip_value, cfg.scale)
         if rng is not None and self.jitter_p > 0 and rng.random() < self.jitter_p:
-            center = center + int(rng.integers(-self.jitter_max, self.jitter_max + 1))
+            center = int(rng.uniform(center - self.jitter_max, center + self.jitter_max))  # the reference's draw
         return {"input": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "_center": int(center)}

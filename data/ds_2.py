@@ -1,10 +1,12 @@
-"""ds_2: the raw-signal dataset of the 1D model (mdl_2), SPEC section 5.
+"""ds_2: the raw-signal dataset of the 1D model (mdl_2), docs/solution.md section 5.
 
-Order of operations per window (the reference's order as far as it can be inferred; documented so
-the choice is visible): montage -> NaN to 0 -> causal band-pass (order cfg.butter_order,
-1.6-30 Hz) -> [train] band augmentation -> [train] time reversal -> [train] hemisphere swap ->
-clip -> /32. Reversal, swap, clip and scaling commute; the band-pass and its augmentation run on
-the signal as recorded, so the causal filter always sees real time order.
+Order of operations per window, the reference's: montage -> NaN to 0 -> [train] time reversal ->
+[train] hemisphere swap (even <-> odd bipolar channels) -> causal band-pass (order cfg.butter_order,
+1.6-30 Hz) -> [train] band augmentation (order max(butter_order, 1)) -> clip -> /32.
+Reversal runs on the unfiltered signal, so the causal filter's start-up transient stays at the
+start of a reversed window (filtering first would put it at the end).
+Random draws per training item, always all three and in this order: reversal, swap, band
+augmentation (then the band augmentation's own draws when it applies).
 
 Vote-count curriculum: every row gets `label_weight` from its vote total, computed once at
 construction from cfg.curr_epoch / cfg.epochs (train.py rebuilds the train dataset each epoch when
@@ -36,7 +38,6 @@ def curriculum_weights(vote_sums: np.ndarray, epoch: int, epochs: int, min_votes
     return weights[np.clip(idx, 0, len(bounds) - 1)].astype(np.float32)
 
 
-
 class CustomDataset(EEGWindowDataset):
     def __init__(self, df, cfg, mode: str = "train"):
         super().__init__(df, cfg, mode)
@@ -51,26 +52,22 @@ class CustomDataset(EEGWindowDataset):
         else:
             self.label_weights = np.ones(len(self.df), dtype=np.float32)
 
-    def preprocess(self, x: np.ndarray) -> np.ndarray:
-        """(T, 20) electrodes with NaN -> (T, 16) band-passed bipolar channels (float64)."""
-        cfg = self.cfg
-        bip = np.nan_to_num(to_bipolar(x.astype(np.float64)), nan=0.0)
-        if cfg.butter_order > 0:
-            bip = bandpass(bip, cfg.butter_low, cfg.butter_high, cfg.butter_order)
-        return bip
-
     def transform(self, x: np.ndarray, center: int, rng, idx: int) -> dict:
         cfg = self.cfg
-        x = self.preprocess(x)
-        if rng is not None:
-            if rng.random() < cfg.band_aug_p:
-                x = band_augment(x, rng, cfg.band_aug_max_channels, cfg.band_aug_low, cfg.band_aug_high,
-                                 max(cfg.butter_order, 1))
-            if rng.random() < cfg.time_reverse_p:
-                x = x[::-1]
-                center = len(x) - center  # the label's central 10 s mirror with the window
-            if rng.random() < cfg.flip_p:
-                x = x[:, BIPOLAR_FLIP]
+        x = np.nan_to_num(to_bipolar(x.astype(np.float64)), nan=0.0)
+        reverse = swap = band_aug = False
+        if rng is not None:  # three draws, always, in this order
+            reverse, swap, band_aug = rng.random(3) < [cfg.time_reverse_p, cfg.flip_p, cfg.band_aug_p]
+        if reverse:  # on the unfiltered signal
+            x = x[::-1]
+            center = len(x) - center  # the label's central 10 s mirror with the window
+        if swap:
+            x = x[:, BIPOLAR_FLIP]
+        if cfg.butter_order > 0:
+            x = bandpass(x, cfg.butter_low, cfg.butter_high, cfg.butter_order)
+        if band_aug:
+            x = band_augment(x, rng, cfg.band_aug_max_channels, cfg.band_aug_low, cfg.band_aug_high,
+                             max(cfg.butter_order, 1))
         x = clip_scale(x, cfg.clip_value, cfg.scale).astype(np.float32)
         return {"input": torch.from_numpy(np.ascontiguousarray(x)),
                 "label_weight": torch.tensor(self.label_weights[idx], dtype=torch.float32),

@@ -1,4 +1,5 @@
-"""Squeezeformer blocks with Llama-style rotary attention (SPEC section 6, mdl_2), no transformers dependency.
+"""Squeezeformer blocks with Llama-style rotary attention (mdl_2, docs/solution.md section 6), no
+transformers dependency.
 
 One RotaryEmbedding is shared by all blocks (the reference's 40,000 extra trainable parameters are
 exactly one 625 x 32 cos table plus one sin table).
@@ -45,13 +46,15 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 class RotaryAttention(nn.Module):
     """Multi-head self-attention, q/k/v/o without bias, rotary on q and k, fused SDPA.
-    Attention dropout acts on the attention probabilities (as Llama's attention_dropout)."""
+    The reference applies no dropout here; `dropout` > 0 (an option, off in cfg_2a/2b) adds an
+    nn.Dropout on the attention probabilities, computed without the fused kernel."""
 
-    def __init__(self, dim: int = 128, heads: int = 4, dropout: float = 0.2):
+    def __init__(self, dim: int = 128, heads: int = 4, dropout: float = 0.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-        self.heads, self.head_dim, self.dropout = heads, dim // heads, dropout
+        self.heads, self.head_dim = heads, dim // heads
+        self.drop = nn.Dropout(dropout) if dropout > 0 else None
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
@@ -66,7 +69,11 @@ class RotaryAttention(nn.Module):
         q = apply_rotary(self.split(self.q(x)), cos, sin)
         k = apply_rotary(self.split(self.k(x)), cos, sin)
         v = self.split(self.v(x))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
+        if self.drop is None:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            probs = torch.softmax(q @ k.transpose(-2, -1) * self.head_dim ** -0.5, dim=-1)
+            out = self.drop(probs) @ v
         return self.o(out.transpose(1, 2).reshape(b, t, c))
 
 
@@ -108,12 +115,15 @@ class ConvModule(nn.Module):
 
 
 class SqueezeformerBlock(nn.Module):
-    """Attn, FF, Conv, FF; each: residual on a scale/bias-shifted input, then a post-LayerNorm."""
+    """Attn, FF, Conv, FF; each: residual on a scale/bias-shifted input, then a post-LayerNorm.
+    `dropout` acts in the FF and conv modules (5 nn.Dropout per block); `attn_dropout` (default 0,
+    as in the reference) on the attention probabilities."""
 
-    def __init__(self, dim: int = 128, heads: int = 4, kernel: int = 51, expansion: int = 1, dropout: float = 0.2):
+    def __init__(self, dim: int = 128, heads: int = 4, kernel: int = 51, expansion: int = 1, dropout: float = 0.2,
+                 attn_dropout: float = 0.0):
         super().__init__()
         self.sb = nn.ModuleList([ScaleBias(dim) for _ in range(4)])
-        self.attn = RotaryAttention(dim, heads, dropout)
+        self.attn = RotaryAttention(dim, heads, attn_dropout)
         self.ff1 = FeedForward(dim, expansion, dropout)
         self.conv = ConvModule(dim, kernel, dropout)
         self.ff2 = FeedForward(dim, expansion, dropout)

@@ -84,7 +84,7 @@ def test_window_start_shift_clip_and_center():
     starts = [window_start(20_000, 60_000, 10_000, 3333, rng) for _ in range(2000)]
     s = np.array([a for a, _ in starts])
     c = np.array([b for _, b in starts])
-    assert s.min() >= 20_000 - 3333 and s.max() <= 20_000 + 3333
+    assert s.min() >= 20_000 - 3333 and s.max() <= 20_000 + 3332
     assert s.min() < 20_000 - 3000 and s.max() > 20_000 + 3000  # uses the whole range
     np.testing.assert_array_equal(c, 5000 + 20_000 - s)
     assert window_start(20_000, 60_000, 10_000, 3333, None) == (20_000, 5000)
@@ -92,6 +92,29 @@ def test_window_start_shift_clip_and_center():
     assert all(window_start(100, 60_000, 10_000, 3333, rng)[0] >= 0 for _ in range(200))
     late = [window_start(50_000, 60_000, 10_000, 3333, rng) for _ in range(200)]
     assert all(a <= 50_000 for a, _ in late) and all(b == 5000 + 50_000 - a for a, b in late)
+
+
+class UniformStub:
+    """Stands in for a numpy Generator whose uniform(a, b) returns a chosen float."""
+
+    def __init__(self, value):
+        self.value, self.calls = value, []
+
+    def uniform(self, a, b):
+        self.calls.append((a, b))
+        return self.value
+
+
+def test_window_shift_is_int_of_a_float_uniform():
+    # the reference's draw: int(uniform(offset - shift, offset + shift)), truncated, upper end excluded
+    for value, start in [(23_333 - 1e-7, 23_332), (20_012.97, 20_012), (16_667.0, 16_667)]:
+        rng = UniformStub(value)
+        assert window_start(20_000, 60_000, 10_000, 3333, rng) == (start, 5000 + 20_000 - start)
+        assert rng.calls == [(16_667, 23_333)]
+    # a real Generator: a shift of 3 gives offset-3 .. offset+2, never offset+3
+    rng = np.random.default_rng(0)
+    starts = {window_start(20_000, 60_000, 10_000, 3, rng)[0] for _ in range(500)}
+    assert starts == set(range(20_000 - 3, 20_000 + 3))
 
 
 def test_montage_and_flip_maps():

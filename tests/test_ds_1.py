@@ -1,4 +1,5 @@
-"""ds_1 / ds_1a (SPEC 5): validation output against a plain step-by-step computation, augmentations, fallbacks."""
+"""ds_1 / ds_1a (docs/solution.md section 5): validation output against a plain step-by-step computation,
+augmentations, fallbacks."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,14 +12,15 @@ from data.signal import LABEL_COLS, band_aug_params
 from utils.config import ConfigError, load_config
 from utils.io import DataError
 
-# SPEC 5, written out here on purpose (not imported): the double banana and the left/right pairs
+# docs/solution.md section 5, written out here on purpose (not imported): the double banana and the
+# left/right pairs
 BANANA = ["Fp1-F7", "Fp2-F8", "F7-T3", "F8-T4", "T3-T5", "T4-T6", "T5-O1", "T6-O2",
           "Fp1-F3", "Fp2-F4", "F3-C3", "F4-C4", "C3-P3", "C4-P4", "P3-O1", "P4-O2"]
 PAIRS = {"Fp1": "Fp2", "F3": "F4", "C3": "C4", "P3": "P4", "F7": "F8", "T3": "T4", "T5": "T6", "O1": "O2"}
 
 
-def plain_spec5(parquet, start, flip=False):
-    """SPEC 5 by hand: window, (flip), montage, NaN -> 0, butter(2, 0.5-20 Hz) + lfilter, clip, /32."""
+def plain_section5(parquet, start, flip=False):
+    """Section 5 by hand: window, (flip), montage, NaN -> 0, butter(2, 0.5-20 Hz) + lfilter, clip, /32."""
     df = pd.read_parquet(parquet).iloc[start:start + 10_000]
     if flip:
         swap = {**PAIRS, **{v: k for k, v in PAIRS.items()}}
@@ -56,7 +58,7 @@ def one_rec(tmp_path):
 
 
 @pytest.mark.parametrize("module,name", [(ds_1, "cfg_5a"), (ds_1a, "cfg_1")])
-def test_shapes_dtypes_and_validation_equals_plain_spec5(one_rec, module, name):
+def test_shapes_dtypes_and_validation_equals_plain_section5(one_rec, module, name):
     data_dir, df = one_rec
     cfg = make_cfg(data_dir, name)
     for mode in ("train", "val"):
@@ -67,7 +69,7 @@ def test_shapes_dtypes_and_validation_equals_plain_spec5(one_rec, module, name):
     val = module.CustomDataset(df, cfg, "val")
     for i, off in enumerate([0, 30, 70]):
         item = val[i]
-        want = plain_spec5(data_dir / "train_eegs" / "1.parquet", off * 200)
+        want = plain_section5(data_dir / "train_eegs" / "1.parquet", off * 200)
         np.testing.assert_allclose(item["input"].numpy(), want, rtol=1e-4, atol=1e-4)
         assert int(item["center"]) == 5000
         np.testing.assert_allclose(item["target"].numpy(), np.array([1, 2, 0, 0, 3, 4]) / 10, rtol=1e-6)
@@ -83,10 +85,10 @@ def no_aug(data_dir, **kw):
 def test_flip_swaps_left_and_right_electrodes(one_rec):
     data_dir, df = one_rec
     item = ds_1.CustomDataset(df, no_aug(data_dir, flip_p=1.0), "train")[1]
-    want = plain_spec5(data_dir / "train_eegs" / "1.parquet", 30 * 200, flip=True)
+    want = plain_section5(data_dir / "train_eegs" / "1.parquet", 30 * 200, flip=True)
     np.testing.assert_allclose(item["input"].numpy(), want, rtol=1e-4, atol=1e-4)
     # mirrored head = even/odd bipolar channels exchanged (the montage alternates left/right)
-    plain = plain_spec5(data_dir / "train_eegs" / "1.parquet", 30 * 200)
+    plain = plain_section5(data_dir / "train_eegs" / "1.parquet", 30 * 200)
     np.testing.assert_allclose(item["input"].numpy(), plain[:, np.arange(16) ^ 1], rtol=1e-4, atol=1e-4)
 
 
@@ -100,7 +102,7 @@ def test_shift_and_center_semantics(one_rec):
         center = int(item["center"])
         centers.append(center)
         start = 6000 + 5000 - center  # center marks the label centre inside the shifted window
-        want = plain_spec5(data_dir / "train_eegs" / "1.parquet", start)
+        want = plain_section5(data_dir / "train_eegs" / "1.parquet", start)
         np.testing.assert_allclose(item["input"].numpy(), want, rtol=1e-4, atol=1e-4)
         assert 5000 - 3333 <= center <= 5000 + 3333
     assert len(set(centers)) > 1
@@ -128,6 +130,35 @@ def test_augmentation_rates(one_rec):
     # ds_1a never jitters, whatever the config says
     ds = ds_1a.CustomDataset(df, no_aug(data_dir, center_jitter_p=0.7), "train")
     assert all(int(ds[0]["center"]) == 5000 for _ in range(30))
+
+
+class DrawStub:
+    """A Generator stand-in: random() -> 0.5 (so p 0 never fires, p 1 always), uniform(a, b) -> a chosen float."""
+
+    def __init__(self, value):
+        self.value, self.calls = value, []
+
+    def random(self):
+        return 0.5
+
+    def uniform(self, a, b):
+        self.calls.append((a, b))
+        return self.value
+
+
+def test_center_jitter_is_int_of_a_float_uniform(one_rec):
+    data_dir, df = one_rec
+    ds = ds_1.CustomDataset(df, no_aug(data_dir, center_jitter_p=1.0), "train")  # cfg_5a: enlarge_len 2400
+    x = np.zeros((10_000, 20), np.float32)
+    # the reference's draw: int(uniform(center - 800, center + 800)), truncated, upper end excluded
+    for value, center in [(5800 - 1e-7, 5799), (4200.9, 4200), (5012.5, 5012)]:
+        rng = DrawStub(value)
+        assert ds.transform(x, 5000, rng, 0)["_center"] == center
+        assert rng.calls == [(4200, 5800)]
+    # a real Generator through the dataset: a jitter of 6 // 3 = 2 gives -2 .. +1, never +2
+    ds = ds_1.CustomDataset(df.iloc[[1]], no_aug(data_dir, center_jitter_p=1.0, enlarge_len=6), "train")
+    torch.manual_seed(0)
+    assert {int(ds[0]["center"]) - 5000 for _ in range(60)} == {-2, -1, 0, 1}
 
 
 def test_band_aug_parameter_ranges():
@@ -160,11 +191,11 @@ def test_fallbacks_short_recording_and_nan_channel(tmp_path):
     ds = ds_1.CustomDataset(rows([2, 3], [0, 0]), make_cfg(tmp_path), "val")
     short = ds[0]["input"].numpy()
     assert short.shape == (10_000, 16) and np.isfinite(short).all()
-    np.testing.assert_allclose(short, plain_spec5(tmp_path / "train_eegs" / "2.parquet", 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(short, plain_section5(tmp_path / "train_eegs" / "2.parquet", 0), rtol=1e-4, atol=1e-4)
     nan_ch = ds[1]["input"].numpy()
     assert np.isfinite(nan_ch).all()
     # Fp1 -> 0: the two Fp1 channels become -F7 and -F3 (filtered), the others are untouched
-    np.testing.assert_allclose(nan_ch, plain_spec5(tmp_path / "train_eegs" / "3.parquet", 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(nan_ch, plain_section5(tmp_path / "train_eegs" / "3.parquet", 0), rtol=1e-4, atol=1e-4)
 
 
 def test_missing_file_and_nan_recordings(tmp_path):
