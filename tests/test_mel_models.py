@@ -167,6 +167,7 @@ def test_pretrained_download_failure_says_how_to_run_offline(monkeypatch):
         return real(name, pretrained=pretrained, **kw)
 
     monkeypatch.setattr(backbone_mod.timm, "create_model", fake)
+    monkeypatch.setattr(backbone_mod, "hub_reachable", lambda: True)  # reachable, yet the download fails
     cfg = cfg_of("cfg_3", pretrained=True)
     with pytest.raises(backbone_mod.PretrainedWeightsError) as err:
         build_model(cfg)
