@@ -14,14 +14,10 @@ lr 3e-3, validation after the last epoch only, two runs at a time with one threa
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import multiprocessing as mp
-import os
 import subprocess
 import sys
 import time
-import traceback
 from datetime import datetime
 from pathlib import Path
 
@@ -30,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
+from utils import sweep  # noqa: E402
 from utils.blend import ALL_CONFIGS, BLEND_FILE  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.io import DataError, run_cli  # noqa: E402
@@ -108,67 +105,35 @@ def make_data(data_dir: Path, args) -> None:
     stamp.write_text(json.dumps(want))
 
 
-def _train_one(job):
-    """Worker: one train.py run in this process, its output in a log file; returns (job, seconds, error)."""
-    name, fold, argv, log = job
-    t0 = time.perf_counter()
-    import torch
-
-    torch.set_num_threads(1)
-    import train
-
-    with open(log, "w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        try:
-            train.main(argv)
-            err = None
-        except Exception as exc:  # noqa: BLE001 - reported by the parent with the log's path
-            traceback.print_exc()
-            err = f"{type(exc).__name__}: {exc}"
-    return name, fold, time.perf_counter() - t0, err
-
-
 def train_all(data_dir: Path, out_dir: Path, args) -> list:
+    """Every config x fold with the demo seed, `args.workers` train.py processes at a time (one CPU
+    thread each) through the sweep's runner; returns the failures (the blend uses the other runs)."""
     from tqdm.auto import tqdm
 
-    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
-    jobs = []
-    # slowest first (mdl_2), so the two workers finish together
-    for name in sorted(args.configs, key=lambda n: load_config(n).model != "mdl_2"):
-        over = demo_overrides(name, args.epochs, args.max_train_rows)
-        for fold in args.folds:
-            argv = ["-C", name, "--fold", str(fold), "--seed", str(DEMO_SEED), "--data_dir", str(data_dir),
-                    "--output_dir", str(out_dir), *over, *args.extra]
-            jobs.append((name, fold, argv, str(out_dir / "logs" / f"{name}_fold{fold}.log")))
+    out_dir = out_dir.resolve()  # train.py runs from the repository root
+    extra = ["--data_dir", str(data_dir.resolve()), "--output_dir", str(out_dir)]
+    # slowest first (mdl_2), so the workers finish together
+    names = sorted(args.configs, key=lambda n: load_config(n).model != "mdl_2")
+    jobs = [sweep.Job(run, str(out_dir), [*extra, *demo_overrides(run.config, args.epochs, args.max_train_rows),
+                                          *args.extra])
+            for run in sweep.make_runs(names, args.folds, [DEMO_SEED])]
     print(f"  {len(jobs)} runs, {args.workers} at a time; logs in {out_dir / 'logs'}")
-    (out_dir / "demo_runs.json").write_text(json.dumps([j[2] for j in jobs], indent=1))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "demo_runs.json").write_text(json.dumps([j.command()[2:] for j in jobs], indent=1))
     failures, times = [], {}
-    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # inherited by the spawned workers
-    try:
-        pool = mp.get_context("spawn").Pool(args.workers)
-        try:
-            with tqdm(total=len(jobs), desc="training", unit="run", disable=False) as bar:
-                for name, fold, secs, err in pool.imap_unordered(_train_one, jobs):
-                    times.setdefault(name, []).append(secs)
-                    if err:
-                        failures.append((name, fold, err))
-                        tqdm.write(f"  FAILED {name} fold {fold}: {err} "
-                                   f"(log {out_dir / 'logs' / f'{name}_fold{fold}.log'})")
-                    bar.set_postfix_str(f"{name} fold {fold} {secs:.0f} s")
-                    bar.update()
-            pool.close()
-        except BaseException:  # Ctrl-C or a crash: stop the workers too
-            pool.terminate()
-            raise
-        finally:
-            pool.join()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    with tqdm(total=len(jobs), desc="training", unit="run", disable=False) as bar:
+        def ended(res):
+            name, fold = res.job.run.config, res.job.run.fold
+            times.setdefault(name, []).append(res.seconds)
+            if not res.ok:
+                failures.append((name, fold, sweep.tail(res.job.log, 1)))
+                tqdm.write(f"  FAILED {name} fold {fold}: {failures[-1][2]} (exit status {res.returncode}, "
+                           f"log {res.job.log})")
+            bar.set_postfix_str(f"{name} fold {fold} {res.seconds:.0f} s")
+            bar.update()
+
+        sweep.run_jobs(jobs, [one_thread] * args.workers, stop_on_failure=False, on_end=ended)
     for name, secs in times.items():
         print(f"  {name}: {len(secs)} run(s), {sum(secs) / len(secs):.0f} s each")
     return failures

@@ -1,9 +1,12 @@
-"""run_train.sh: the 144 runs of SPEC 8, sharding, skipping/resuming, GPU slots, failure reporting."""
+"""run_train.sh: the 144 runs of the reproduction, sharding, skipping/resuming, GPU slots, failure reporting."""
 import os
 import re
 import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
+
+from utils import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train.sh"
@@ -47,25 +50,29 @@ def test_shards_partition_the_runs_and_extra_args_pass_through(tmp_path):
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
-    (tmp_path / "cfg_1/fold0/seed1001").mkdir(parents=True)
-    (tmp_path / "cfg_1/fold0/seed1001/checkpoint.pth").write_bytes(b"x")
+    ckpt.save({"epoch": 0}, tmp_path / "cfg_1/fold0/seed1001/checkpoint.pth")  # a complete checkpoint
     (tmp_path / "cfg_5d/fold-1/seed2008").mkdir(parents=True)
     (tmp_path / "cfg_5d/fold-1/seed2008/last_state.pth").write_bytes(b"x")
+    (tmp_path / "cfg_3/fold2/seed1002").mkdir(parents=True)
+    (tmp_path / "cfg_3/fold2/seed1002/checkpoint.pth").write_bytes(b"")  # zero-length: not finished
     res = sh("--dry-run", "--output_dir", str(tmp_path))
     rs = runs(res)
     assert len(rs) == 143 and ("cfg_1", "0", "1001") not in {r[:3] for r in rs}
-    assert "skip (finished): cfg_1 fold 0 seed 1001" in res.stderr
+    assert ("cfg_3", "2", "1002", None) in {r[:4] for r in rs}
+    assert "skip (finished): cfg_1 fold 0 seed 1001" in res.stderr and "cfg_3 fold 2" not in res.stderr
     assert [r[:4] for r in rs if r[3]] == [("cfg_5d", "-1", "2008", " --resume")]
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# stands in for `python train.py -C cfg --fold f --seed s ... --output_dir d`: records the call, marks the run done
+# stands in for `python train.py -C cfg --fold f --seed s ... --output_dir d`: records the call, marks the run
+# done with a complete checkpoint; any other call (the sweep itself: -m utils.sweep) goes to the real python
+[ "$1" = train.py ] || exec "$REAL_PYTHON" "$@"
 shift; cfg=$2; fold=$4; seed=$6; out=output
 while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done
 echo "gpu=${CUDA_VISIBLE_DEVICES:-none} $cfg $fold $seed" >> "$CALLS"
 sleep 0.3
 if [ "$seed" = "${FAIL_SEED:-}" ]; then echo "Traceback: boom"; exit 3; fi
-mkdir -p "$out/$cfg/fold$fold/seed$seed" && touch "$out/$cfg/fold$fold/seed$seed/checkpoint.pth"
+mkdir -p "$out/$cfg/fold$fold/seed$seed" && cp "$CKPT" "$out/$cfg/fold$fold/seed$seed/checkpoint.pth"
 """
 
 
@@ -73,7 +80,9 @@ def fake_env(tmp_path, **extra):
     fake = tmp_path / "fake_python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
-    return {"PYTHON": str(fake), "CALLS": str(tmp_path / "calls.txt"), **extra}
+    ckpt.save({"epoch": 0}, tmp_path / "complete.pth")
+    return {"PYTHON": str(fake), "REAL_PYTHON": sys.executable, "CALLS": str(tmp_path / "calls.txt"),
+            "CKPT": str(tmp_path / "complete.pth"), **extra}
 
 
 def test_gpu_slots_skip_on_rerun_and_failure_names_the_run(tmp_path):
@@ -106,3 +115,21 @@ def test_gpu_mode_stops_starting_runs_after_a_failure(tmp_path):
     assert res.returncode == 1
     assert "FAILED: cfg_4 fold 0 seed 1001" in res.stderr and "FAILED: cfg_4 fold 1 seed 1001" in res.stderr
     assert len((tmp_path / "calls.txt").read_text().splitlines()) == 2  # nothing new after the failures
+
+
+def test_zero_length_checkpoint_is_trained_again(tmp_path):
+    out = tmp_path / "out"
+    env = fake_env(tmp_path)
+    (out / "cfg_2b/fold1/seed1002").mkdir(parents=True)
+    (out / "cfg_2b/fold1/seed1002/checkpoint.pth").write_bytes(b"")  # e.g. a crash while the disk was full
+    res = sh("--configs", "cfg_2b", "--folds", "1", "--output_dir", str(out), env=env)
+    assert res.returncode == 0 and "2 run(s) to do" in res.stdout, res.stderr
+    assert (tmp_path / "calls.txt").read_text().splitlines() == ["gpu=none cfg_2b 1 1001", "gpu=none cfg_2b 1 1002"]
+    assert ckpt.is_finished(out / "cfg_2b/fold1/seed1002")
+
+
+def test_slurm_without_sbatch_says_so(tmp_path):
+    res = subprocess.run(["/bin/bash", str(SCRIPT), "--slurm", "--output_dir", str(tmp_path)], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PATH": str(tmp_path), "PYTHON": sys.executable})
+    assert res.returncode == 2 and "--slurm needs SLURM's sbatch, which is not on PATH" in res.stderr
+    assert not (tmp_path / "slurm").exists()

@@ -20,8 +20,8 @@ from data.signal import LABEL_COLS, LOGIT_COLS
 from utils import checkpoint as ckpt
 from utils.io import DataError, atomic_write_text, read_csv_checked
 from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
+from utils.sweep import CONFIGS as ALL_CONFIGS  # the solution's nine configs (the sweep owns the list)
 
-ALL_CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
 BLEND_FOLDS = (0, 1, 2, 3)
 GOLDEN_FILE = "train_folded_6k6.csv"
 BLEND_FILE = "blend_weights.json"

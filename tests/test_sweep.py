@@ -1,0 +1,188 @@
+"""utils/sweep.py and utils/slurm.py without a cluster: the run list, option parsing, the generated sbatch
+scripts (executed by bash with a recording stand-in for python), submission order and dependency (a
+recording stand-in for sbatch), the array task's re-check of a run, and the blend job's check."""
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+from utils import checkpoint as ckpt
+from utils import slurm, sweep
+from utils.config import ConfigError
+
+RECORD = """#!/usr/bin/env bash
+# records its arguments (NUL-separated, one call after another) and what it was asked to do
+printf '%s\\0' "$@" >> "$RECORD_TO"; printf '\\n' >> "$RECORD_TO"
+{extra}
+"""
+
+
+def recorder(tmp_path, name, extra=""):
+    path = tmp_path / name
+    path.write_text(RECORD.format(extra=extra))
+    path.chmod(0o755)
+    return path
+
+
+def recorded(path) -> list[list[str]]:
+    return [call.split("\0") for call in path.read_text().split("\0\n")[:-1]]
+
+
+def test_the_reference_runs():
+    runs = sweep.make_runs()
+    assert len(runs) == 144 and len(set(runs)) == 144
+    assert Counter(r.config for r in runs) == {c: 16 for c in sweep.CONFIGS}
+    first = [(r.fold, r.seed) for r in runs[:16]]
+    assert first == [(f, s) for f in range(4) for s in (1001, 1002)] + [(-1, s) for s in range(2001, 2009)]
+    assert [r.config for r in runs[::16]] == sweep.CONFIGS  # config after config, in the solution's order
+
+
+def test_selection_and_demo_runs():
+    assert [(r.fold, r.seed) for r in sweep.make_runs(["cfg_5a"], [-1])] == [(-1, s) for s in range(2001, 2009)]
+    demo = sweep.make_runs(["cfg_2a", "cfg_1"], [1, 0], [7])  # the demo's own order, folds and seed
+    assert [(r.config, r.fold, r.seed) for r in demo] == [("cfg_2a", 1, 7), ("cfg_2a", 0, 7), ("cfg_1", 1, 7),
+                                                          ("cfg_1", 0, 7)]
+    with pytest.raises(ConfigError, match="unknown config 'cfg_9'"):
+        sweep.make_runs(["cfg_1", "cfg_9"])
+    with pytest.raises(ConfigError, match="bad fold 4"):
+        sweep.make_runs(folds=[4])
+
+
+def test_options_and_pass_through():
+    opts = sweep.parse_args(["--configs", "cfg_1,cfg_3", "--epochs", "1", "--output-dir", "a", "--gpus=0,1",
+                             "--dry-run", "--", "--output_dir", "b", "--lr", "-1e-3", "--slurm"])
+    assert opts.configs == ["cfg_1", "cfg_3"] and opts.gpus == ["0", "1"] and opts.dry_run and not opts.slurm
+    assert opts.train_args == ["--epochs", "1", "--output_dir", "a", "--output_dir", "b", "--lr", "-1e-3", "--slurm"]
+    assert opts.output_dir == "b"  # train.py's last --output_dir is where the runs go
+    assert sweep.parse_args([]).output_dir == "output"
+    for bad, message in ((["--shard", "2/2"], "0 <= i < n"), (["--max-parallel", "0"], "integer >= 1"),
+                         (["--configs"], "needs a value")):
+        with pytest.raises(ConfigError, match=message):
+            sweep.parse_args(bad)
+
+
+def test_bad_input_is_one_line(tmp_path, capsys):
+    cases = ((["--configs", "cfg_9"], "unknown config 'cfg_9'"), (["--shard", "1/x"], "--shard expects i/n"),
+             (["--folds", "5"], "bad fold 5"), (["--slurm", "--shard", "0/2"], "--shard and --gpus are for"),
+             (["--slurm", "--time", "soon"], "--time expects"), (["--gpus"], "--gpus needs a value"))
+    for args, message in cases:
+        assert sweep.cli(["--dry-run", *args, "--output_dir", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def slurm_opts(tmp_path, *extra):
+    return sweep.parse_args(["--slurm", "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *extra])
+
+
+def test_array_script_runs_each_task_with_its_run_and_exact_arguments(tmp_path):
+    tricky = ["--spec_args", "{'n_mels': 16, 'f_max': 40.0}", "--name", "a b", "--note", "it's $HOME \"q\""]
+    opts = slurm_opts(tmp_path, "--max-parallel", "3", "--gpus-per-run", "2", "--partition", "gpu", "--time",
+                      "1-00:00:00", "--sbatch-arg=--account=hms", "--", *tricky)
+    todo = sweep.make_runs(["cfg_1", "cfg_2a"], [0, 1, 2, 3], [1001])
+    text = slurm.array_script(todo, opts)
+    for line in ("#SBATCH --array=0-7%3", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
+                 "#SBATCH --time=1-00:00:00", "#SBATCH --account=hms", "#SBATCH --cpus-per-task=1",
+                 f"#SBATCH --output={tmp_path}/out/logs/slurm/train_%A_%a.out", f"#SBATCH --chdir={sweep.ROOT}"):
+        assert line in text.splitlines()
+    script = tmp_path / "array.sbatch"
+    script.write_text(text)
+    fake = recorder(tmp_path, "python")
+    env = {**os.environ, "PYTHON": str(fake), "RECORD_TO": str(tmp_path / "calls"), "SLURM_ARRAY_TASK_ID": "5"}
+    subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
+    [call] = recorded(tmp_path / "calls")  # task 5 = cfg_2a fold 1; its state is checked by `sweep task`
+    assert call == ["-m", "utils.sweep", "task", "cfg_2a", "1", "1001", "--nproc", "2", "--",
+                    "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *tricky]
+
+
+def test_cpu_array_has_no_gpu_request_and_no_throttle_unless_asked(tmp_path):
+    text = slurm.array_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path, "--gpus-per-run", "0"))
+    assert "#SBATCH --array=0-15\n" in text and "--gres" not in text and "--nproc" not in text
+
+
+def test_submission_writes_both_scripts_and_the_blend_depends_on_the_array(tmp_path, monkeypatch, capsys):
+    ckpt.save({"epoch": 0}, sweep.Run("cfg_4", 0, 1002).folder(tmp_path / "out") / ckpt.FINAL)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder(bin_dir, "sbatch", extra='[ -f "$RECORD_TO.n" ] && echo 102 || { echo 101; touch "$RECORD_TO.n"; }')
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "calls"))
+    opts = slurm_opts(tmp_path, "--configs", "cfg_4", "--folds", "0,-1", "--blend-partial")
+    assert slurm.submit_sweep(opts, opts.runs()) == 0
+    folder = tmp_path / "out" / "slurm"
+    assert recorded(tmp_path / "calls") == [["--parsable", str(folder / "train_array.sbatch")],
+                                            ["--parsable", "--dependency=afterany:101", str(folder / "blend.sbatch")]]
+    assert "#SBATCH --array=0-8\n" in (folder / "train_array.sbatch").read_text()  # 10 runs, 1 finished
+    blend = (folder / "blend.sbatch").read_text()
+    assert (f"-m utils.sweep check --configs cfg_4 --folds 0,-1 --output_dir {tmp_path / 'out'} --partial || exit 1"
+            in blend)
+    assert (f"scripts/blend_weights.py --data-dir /data/hms --output-dir {tmp_path / 'out'} --configs cfg_4 --folds 0"
+            in blend)
+    out = capsys.readouterr()
+    assert "array job 101: 9 run(s) (1 of 10 selected already finished)" in out.out
+    assert f"task 101_8: cfg_4 fold -1 seed 2008 -> log {tmp_path}/out/logs/cfg_4_fold-1_seed2008.log" in out.out
+    assert "blend job 102: after array 101 ends (afterany)" in out.out
+    assert "skip (finished): cfg_4 fold 0 seed 1002" in out.err
+
+
+def test_task_rechecks_the_run_when_it_starts(tmp_path):
+    fake = recorder(tmp_path, "python", extra='echo "training $*"')
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "RECORD_TO": str(tmp_path / "calls"), "SLURM_ARRAY_JOB_ID": "7",
+           "SLURM_ARRAY_TASK_ID": "1"}
+
+    def task(*run):
+        return subprocess.run([sys.executable, "-m", "utils.sweep", "task", *run, "--", "--output_dir", str(out)],
+                              cwd=sweep.ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+    (out / "cfg_1/fold2/seed1001").mkdir(parents=True)
+    (out / "cfg_1/fold2/seed1001" / ckpt.RESUME).write_bytes(b"x")  # interrupted: resumes
+    ckpt.save({"epoch": 0}, out / "cfg_1/fold3/seed1001" / ckpt.FINAL)  # finished: never trained again
+    res = task("cfg_1", "2", "1001")
+    assert res.returncode == 0 and "was interrupted: resuming" in res.stdout, res.stderr
+    res = task("cfg_1", "3", "1001")
+    assert res.returncode == 0 and "was finished: already finished, not trained again" in res.stdout
+    assert recorded(tmp_path / "calls") == [["train.py", "-C", "cfg_1", "--fold", "2", "--seed", "1001", "--resume",
+                                             "--output_dir", str(out)]]
+    log = (out / "logs" / "cfg_1_fold2_seed1001.log").read_text()
+    assert log.startswith("=== sweep task 7_1 on ") and "training train.py" in log
+    state = subprocess.run([sys.executable, "-m", "utils.sweep", "state", "cfg_1", "3", "1001", "--output_dir",
+                            str(out)], cwd=sweep.ROOT, capture_output=True, text=True, timeout=120)
+    assert state.stdout.strip() == ckpt.FINISHED
+
+
+def test_check_names_each_unfinished_run_and_stops_a_partial_blend(tmp_path, capsys):
+    out = tmp_path / "out"
+    fin, cut, empty = sweep.make_runs(["cfg_5b"], [0], [1, 2, 3])
+    ckpt.save({"epoch": 0}, fin.folder(out) / ckpt.FINAL)
+    (cut.folder(out)).mkdir(parents=True)
+    (cut.folder(out) / ckpt.RESUME).write_bytes(b"x")
+    (out / "logs" / "slurm").mkdir(parents=True)
+    cut.log(out).write_text("=== sweep task 9_1 on node3: cfg_5b fold 0 seed 2 was not started\nepoch 1/16: 40%")
+    (out / "logs" / "slurm" / "train_9_1.out").write_text("slurmstepd: error: *** JOB 10 ON node3 CANCELLED AT 12:00 "
+                                                          "DUE TO TIME LIMIT ***\n")
+    empty.folder(out).mkdir(parents=True)
+    (empty.folder(out) / ckpt.FINAL).write_bytes(b"")
+    assert slurm.check_finished([fin, cut, empty], out) == 1
+    text = capsys.readouterr()
+    assert "check: 1 of 3 run(s) finished" in text.out
+    assert "NOT FINISHED: cfg_5b fold 0 seed 2 (interrupted); task 9_1 ended with: slurmstepd: error: *** JOB 10 ON " \
+           "node3 CANCELLED AT 12:00 DUE TO TIME LIMIT ***" in text.out
+    assert "cfg_5b_fold0_seed2.log: epoch 1/16: 40%" in text.out
+    assert "NOT FINISHED: cfg_5b fold 0 seed 3 (not started, checkpoint.pth: zero-length file); no log" in text.out
+    assert "no blend on a partial set" in text.err
+    assert slurm.check_finished([fin, cut, empty], out, partial=True) == 0
+
+
+def test_local_runner_slots_and_no_new_start_after_a_failure(tmp_path, monkeypatch):
+    fake = recorder(tmp_path, "python", extra='echo "threads=$OMP_NUM_THREADS"; [ "$7" != 2 ] || exit 3; sleep 0.3')
+    monkeypatch.setenv("PYTHON", str(fake))
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "calls"))
+    runs = sweep.make_runs(["cfg_1"], [0], [1, 2, 3, 4])
+    jobs = [sweep.Job(r, str(tmp_path / "out"), ["--epochs", "1"]) for r in runs]
+    results = sweep.run_jobs(jobs, [{"OMP_NUM_THREADS": "1"}] * 2)
+    assert sorted((r.job.run.seed, r.returncode) for r in results) == [(1, 0), (2, 3)]  # seeds 3, 4 never started
+    assert (tmp_path / "out/logs/cfg_1_fold0_seed1.log").read_text().startswith("threads=1")
+    assert len(recorded(tmp_path / "calls")) == 2

@@ -1,0 +1,268 @@
+"""The sweep on a SLURM cluster: a job array (one task per unfinished run) and a blend job after it.
+
+`./run_train.sh --slurm` writes two scripts into <output_dir>/slurm/ (kept there to read, edit and
+resubmit), submits the array, then the blend job with --dependency=afterany on it. Faults:
+- each array task re-checks its run when it starts (`python -m utils.sweep task`): a finished run is
+  never trained twice, an interrupted one (cancelled, timed out, node lost) resumes from its last epoch,
+  so after any fault the same array is simply submitted again;
+- afterany, not afterok: with afterok one failed task would leave the blend pending forever
+  (DependencyNeverSatisfied) and nobody told why. The blend job instead starts `sweep check`, which
+  names every unfinished run (its state, the task that last ran it, how that task ended, the last
+  line of the run's log) and stops the blend unless --blend-partial allows a partial set.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from utils import checkpoint as ckpt
+from utils import sweep
+from utils.blend import BLEND_FILE, BLEND_FOLDS
+from utils.config import ConfigError, load_config
+
+ARRAY_FILE, BLEND_JOB_FILE = "train_array.sbatch", "blend.sbatch"
+TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
+
+
+# --- the scripts ----------------------------------------------------------------------------------
+def abs_dir(path) -> Path:
+    return Path(os.path.abspath(sweep.ROOT / path))
+
+
+def sbatch_lines(opts, name: str, output: str, gpus: int) -> list[str]:
+    """#SBATCH lines shared by both jobs (the blend asks for no GPU)."""
+    log = abs_dir(opts.output_dir) / "logs" / "slurm" / output
+    lines = [f"--job-name={name}", f"--chdir={sweep.ROOT}", f"--output={log}", "--ntasks=1",
+             f"--cpus-per-task={opts.cpus_per_run or 1}"]
+    lines += [f"--gres=gpu:{gpus}"] if gpus else []
+    lines += [f"--partition={opts.partition}"] if opts.partition else []
+    lines += [f"--time={opts.time}"] if opts.time else []
+    lines += list(opts.sbatch_args)
+    return [f"#SBATCH {ln}" for ln in lines]
+
+
+def selection_args(opts, selected) -> list[str]:
+    """The sweep options that select these runs again (for `sweep check` in the blend job)."""
+    args = ["--configs", ",".join(dict.fromkeys(r.config for r in selected))]
+    args += ["--folds", ",".join(map(str, opts.folds))] if opts.folds is not None else []
+    args += ["--seeds", ",".join(map(str, opts.seeds))] if opts.seeds else []
+    return args
+
+
+def bash_array(name: str, items: list[str], comment: str) -> list[str]:
+    return [f"{name}=(  # {comment}", *(f"  {item}" for item in items), ")"]
+
+
+def quote(arg: str) -> str:
+    """shlex.quote, but double quotes where that reads better (a dict override such as {'n_mels': 16})."""
+    if "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)
+
+
+def grouped_args(args: list[str]) -> list[str]:
+    """train.py arguments quoted for bash, one option (with its value) per line."""
+    groups: list[list[str]] = []
+    for arg in args:
+        if arg.startswith("-") or not groups:
+            groups.append([])
+        groups[-1].append(quote(arg))
+    return [" ".join(g) for g in groups]
+
+
+def python_line() -> str:
+    py = sweep.python_cmd()
+    return f"PYTHON=${{PYTHON:-{shutil.which(py) or py}}}"
+
+
+def array_script(todo: list, opts) -> str:
+    """One array task per run; the task re-checks the run's state before it trains."""
+    throttle = f"%{opts.max_parallel}" if opts.max_parallel else ""
+    nproc = ["--nproc", str(opts.gpus_per_run)] if opts.gpus_per_run > 1 else []
+    out = opts.output_dir
+    head = [
+        "#!/bin/bash",
+        f"# {len(todo)} training run(s) of the HMS reproduction as a SLURM job array (./run_train.sh --slurm).",
+        "# Each task re-checks its run when it starts: a finished run is skipped, an interrupted one resumes",
+        "# from its last epoch. After a cancel, a time-out or a failure, submit this file again as it is.",
+        "# Edit freely; RUNS and --array must keep the same size.",
+        f"#SBATCH --array=0-{len(todo) - 1}{throttle}",
+        *sbatch_lines(opts, "hms-train", "train_%A_%a.out", opts.gpus_per_run),
+        "",
+        python_line(),
+        "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
+        *bash_array("RUNS", [f'"{r.config} {r.fold} {r.seed}"' for r in todo],
+                    f"config fold seed; train.py output: {out}/logs/<config>_fold<fold>_seed<seed>.log"),
+        *bash_array("TRAIN_ARGS", grouped_args(opts.train_args), "passed to every train.py"),
+        "",
+        'read -r CONFIG FOLD SEED <<< "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
+        " ".join(['exec "$PYTHON" -m utils.sweep task "$CONFIG" "$FOLD" "$SEED"', *nproc, '-- "${TRAIN_ARGS[@]}"']),
+    ]
+    return "\n".join(head) + "\n"
+
+
+def blend_folds(opts) -> list[int]:
+    return [f for f in (sweep.FOLD_SEEDS if opts.folds is None else opts.folds) if f in BLEND_FOLDS]
+
+
+def blend_script(selected: list, opts) -> str:
+    """Check that every selected run finished (naming those that did not), then fit the blend."""
+    data_dir = sweep.train_arg(opts.train_args, "data_dir", load_config(selected[0].config).data_dir)
+    check = ["-m", "utils.sweep", "check", *selection_args(opts, selected), "--output_dir", opts.output_dir]
+    check += ["--partial"] if opts.blend_partial else []
+    configs = list(dict.fromkeys(r.config for r in selected))
+    blend = ["scripts/blend_weights.py", "--data-dir", data_dir, "--output-dir", opts.output_dir,
+             "--configs", *configs, "--folds", *map(str, blend_folds(opts))]
+    lines = [
+        "#!/bin/bash",
+        "# The blend after the training array (submitted with --dependency=afterany:<array job>, so it also",
+        "# starts when a task failed): `sweep check` names every selected run that did not finish and stops",
+        "# here unless --partial; then the blend weights go to <output_dir>/" + BLEND_FILE + ".",
+        "# Resubmit: sbatch --dependency=afterany:<array job id> <this file>",
+        *sbatch_lines(opts, "hms-blend", "blend_%j.out", 0),
+        "",
+        python_line(),
+        f'"$PYTHON" {shlex.join(check)} || exit 1',
+        f'exec "$PYTHON" {shlex.join(blend)}',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --- submission -----------------------------------------------------------------------------------
+def check_options(opts) -> None:
+    if opts.shard != (0, 1) or opts.gpus:
+        raise ConfigError("--shard and --gpus are for local runs; with --slurm every selected run becomes an "
+                          "array task (pick runs with --configs / --folds / --seeds)")
+    if opts.time and not TIME.fullmatch(opts.time):
+        raise ConfigError(f"--time expects HH:MM:SS or D-HH:MM:SS, got '{opts.time}'")
+    if not opts.dry_run and shutil.which("sbatch") is None:
+        raise ConfigError("--slurm needs SLURM's sbatch, which is not on PATH (run on a cluster's login node, "
+                          "or use --dry-run to see the scripts)")
+
+
+def sbatch(path: Path, dependency: str | None = None) -> str:
+    cmd = ["sbatch", "--parsable", *([f"--dependency={dependency}"] if dependency else []), str(path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ConfigError(f"{shlex.join(cmd)} failed: {(proc.stderr.strip() or proc.stdout.strip())[-300:]}")
+    return proc.stdout.strip().split(";")[0]
+
+
+def submit_sweep(opts, selected: list) -> int:
+    """Write the array and blend scripts, submit them (or print them with --dry-run), say where runs log."""
+    check_options(opts)
+    todo = sweep.unfinished(selected, opts.output_dir)
+    scripts = {}
+    if todo:
+        scripts[ARRAY_FILE] = array_script(todo, opts)
+    if blend_folds(opts):
+        scripts[BLEND_JOB_FILE] = blend_script(selected, opts)
+    folder = abs_dir(opts.output_dir) / "slurm"
+    if opts.dry_run:
+        for name, text in scripts.items():
+            print(f"# ---- {folder / name}\n{text}")
+        return 0
+    (abs_dir(opts.output_dir) / "logs" / "slurm").mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+    array_id = sbatch(folder / ARRAY_FILE) if todo else None
+    report_array(array_id, todo, selected, opts, folder)
+    ids = [array_id] if array_id else []
+    if BLEND_JOB_FILE in scripts:
+        ids.append(sbatch(folder / BLEND_JOB_FILE, f"afterany:{array_id}" if array_id else None))
+        when = f"after array {array_id} ends (afterany)" if array_id else "now (every run is finished)"
+        print(f"blend job {ids[-1]}: {when}; checks that every selected run finished, then writes "
+              f"{abs_dir(opts.output_dir) / BLEND_FILE}\n  script {folder / BLEND_JOB_FILE}, log "
+              f"{abs_dir(opts.output_dir) / 'logs/slurm'}/blend_{ids[-1]}.out")
+    else:
+        print("no blend job: the blend reads folds 0-3 and none is selected")
+    if ids:
+        print(f"follow with: squeue -j {','.join(ids)}")
+    return 0
+
+
+def report_array(array_id, todo, selected, opts, folder) -> None:
+    if not todo:
+        print(f"all {len(selected)} selected run(s) are finished: no training to submit")
+        return
+    cap = f", at most {opts.max_parallel} at a time" if opts.max_parallel else ""
+    print(f"array job {array_id}: {len(todo)} run(s) ({len(selected) - len(todo)} of {len(selected)} selected "
+          f"already finished){cap}\n  script {folder / ARRAY_FILE} (after a fault: sbatch it again)")
+    for k, run in enumerate(todo):
+        print(f"  task {array_id}_{k}: {run} -> log {abs_dir(run.log(opts.output_dir))}")
+    print(f"  each task's own output: {abs_dir(opts.output_dir) / 'logs/slurm'}/train_{array_id}_<task>.out")
+
+
+# --- inside the jobs ------------------------------------------------------------------------------
+def task_id() -> str | None:
+    env = os.environ
+    if "SLURM_ARRAY_JOB_ID" in env:
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
+    return env.get("SLURM_JOB_ID")
+
+
+def run_task(run, opts) -> int:
+    """One run as an array task: its state is checked now (finished: nothing to do; interrupted: resume),
+    its train.py output appended to the run's log after a header naming the task."""
+    state = run.state(opts.output_dir)
+    header = f"{sweep.TASK_HEADER} {task_id() or '(no slurm job)'} on {socket.gethostname()}: {run} was {state}"
+    if state == ckpt.FINISHED:
+        print(f"{header}: already finished, not trained again", flush=True)
+        return 0
+    nproc = opts.nproc
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
+    job = sweep.Job(run, opts.output_dir, opts.train_args, append=True, header=header, launcher=launcher)
+    print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
+          f"train.py output: {sweep.ROOT / job.log}", flush=True)
+    [res] = sweep.run_jobs([job])
+    print(f"{run}: {'finished' if res.ok else f'FAILED (exit status {res.returncode})'} after {res.seconds:.0f} s"
+          + ("" if res.ok else f"; last lines of its log:\n{sweep.tail(sweep.ROOT / job.log)}"), flush=True)
+    return res.returncode
+
+
+def last_line(path: Path) -> str | None:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    return lines[-1][-200:] if lines else "(empty)"
+
+
+def last_attempt(run, output_dir) -> str:
+    """Where an unfinished run last ran and how it ended: the task named in its log's last header, that
+    task's own last line (e.g. SLURM's CANCELLED or TIME LIMIT) and its log's last line."""
+    log = abs_dir(run.log(output_dir))
+    try:
+        heads = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(sweep.TASK_HEADER)]
+    except OSError:
+        return f"no log ({log})"
+    if not heads:
+        return f"not run by a sweep task; log {log}: {last_line(log)}"
+    task = heads[-1][len(sweep.TASK_HEADER):].split()[0]
+    own = abs_dir(output_dir) / "logs" / "slurm" / f"train_{task}.out"
+    ended = last_line(own)
+    return f"task {task}" + (f" ended with: {ended} ({own})" if ended else "") + f"; log {log}: {last_line(log)}"
+
+
+def check_finished(runs, output_dir, partial: bool = False) -> int:
+    """Before the blend: name every run that did not finish; non-zero unless `partial` allows that."""
+    bad = [r for r in runs if r.state(output_dir) != ckpt.FINISHED]
+    print(f"check: {len(runs) - len(bad)} of {len(runs)} run(s) finished under {abs_dir(output_dir)}")
+    for run in bad:
+        problem = ckpt.checkpoint_problem(run.folder(output_dir) / ckpt.FINAL)
+        state = run.state(output_dir) + ("" if problem == "missing" else f", {ckpt.FINAL}: {problem}")
+        print(f"  NOT FINISHED: {run} ({state}); {last_attempt(run, output_dir)}")
+    if bad and not partial:
+        print(f"error: {len(bad)} run(s) did not finish, so no blend on a partial set: submit the sweep again "
+              f"(interrupted runs resume) or allow it with --blend-partial", file=sys.stderr)
+        return 1
+    if bad:
+        print(f"--partial: blending without the {len(bad)} unfinished run(s)")
+    return 0
