@@ -7,7 +7,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from scipy.signal import butter, lfilter
 
 FS = 200  # samples per second
 WINDOW = 10_000  # 50 s model window
@@ -54,11 +53,15 @@ def to_bipolar(x: np.ndarray) -> np.ndarray:
 def butter_coeffs(low: float, high: float, order: int, fs: float = FS):
     """Band-pass Butterworth (b, a); cached because the augmentations reuse a few settings a lot."""
     nyq = 0.5 * fs
+    from scipy.signal import butter  # imported here: light modules (the sweep) import this file's constants
+
     return butter(order, [low / nyq, high / nyq], btype="band")
 
 
 def bandpass(x: np.ndarray, low: float, high: float, order: int, fs: float = FS, axis: int = 0) -> np.ndarray:
     """Causal (one-pass lfilter) Butterworth band-pass along `axis`."""
+    from scipy.signal import lfilter
+
     b, a = butter_coeffs(float(low), float(high), int(order), float(fs))
     return lfilter(b, a, x, axis=axis)
 

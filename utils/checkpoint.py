@@ -20,8 +20,6 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
 from utils.config import cfg_from_dict
 from utils.io import DataError, atomic_write_text, fsync_path
 
@@ -125,6 +123,8 @@ def load_run_config(folder, data_dir, cache_dir=None) -> SimpleNamespace:
 
 def save(obj: dict, path) -> None:
     """torch.save through a temporary file and rename: a crash never leaves half a checkpoint."""
+    import torch  # here, so that reading a run's state (the sweep, run_train.sh) does not load torch
+
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_text(path, buf.getvalue())
@@ -134,13 +134,15 @@ def load(path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint not found")
+    import torch
+
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - corrupt/foreign file -> one clear line
         raise DataError(f"{path}: cannot load checkpoint: {type(err).__name__}: {str(err).splitlines()[0]}") from None
 
 
-def load_model_weights(model: torch.nn.Module, path) -> dict:
+def load_model_weights(model, path) -> dict:
     """Load checkpoint.pth's "model" into `model`; returns the whole checkpoint dict."""
     ckpt = load(path)
     if "model" not in ckpt:

@@ -7,8 +7,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow.parquet as pq
 
 from data.signal import EEG_COLUMNS
 
@@ -29,6 +27,8 @@ def read_csv_checked(path, required=(), what: str = "csv") -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
+    import pandas as pd  # imported where used: the sweep imports this module and should start fast
+
     try:
         df = pd.read_csv(path)
     except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear line
@@ -44,6 +44,8 @@ def read_eeg_parquet(path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: eeg file not found")
+    import pyarrow.parquet as pq
+
     try:
         table = pq.read_table(path)
     except Exception as err:  # noqa: BLE001
