@@ -55,6 +55,10 @@ cfg.channel_dropout_max = 8
 cfg.spec_args = None  # torchaudio MelSpectrogram arguments of the 2D models (set per config)
 cfg.top_db = None  # dB floor below the batch-wide max (mdl_4: 100)
 
+# --- speed switches (off = the reference's behaviour; utils/speed.py) -------------------------------
+cfg.channels_last = False  # 2D models: backbone weights and input image in channels_last memory format
+cfg.compile = False  # torch.compile the whole model's forward in place (state dict keys unchanged)
+
 # --- optimisation (SPEC section 7) ----------------------------------------------------------------
 cfg.optimizer = "Adam"
 cfg.weight_decay = 0.0
@@ -67,6 +71,7 @@ cfg.grad_accumulation = 1
 cfg.clip_grad = 20.0
 cfg.mixed_precision = True  # used on CUDA; on CPU only with --cpu_amp True (bfloat16)
 cfg.cpu_amp = False
+cfg.amp_dtype = None  # "float16" / "bfloat16" / "float32" on any device; None: from the two above (utils/precision.py)
 cfg.eval_epochs = 1
 cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (ds_2 curriculum)
 cfg.curr_epoch = 0  # set by train.py before each (re)build of the train dataset

@@ -8,9 +8,11 @@ start of a reversed window (filtering first would put it at the end).
 Random draws per training item, always all three and in this order: reversal, swap, band
 augmentation (then the band augmentation's own draws when it applies).
 
-Vote-count curriculum: every row gets `label_weight` from its vote total, computed once at
-construction from cfg.curr_epoch / cfg.epochs (train.py rebuilds the train dataset each epoch when
-cfg.reload_train_loader is set). Validation and test rows weigh 1.0.
+Vote-count curriculum: each item carries its row's vote total (`vote_sum`), and the training step
+turns a batch's totals into `label_weight` for the current epoch with `prepare_batch(batch, cfg,
+epoch)` (on the device, no host sync), so the dataset and loader need not be rebuilt per epoch.
+For a train.py that still rebuilds them, items also carry `label_weight` at cfg.curr_epoch (the same
+function computes it); prepare_batch overwrites it. Validation and test rows weigh 1.0.
 """
 from __future__ import annotations
 
@@ -22,20 +24,32 @@ from data.signal import BIPOLAR_FLIP, LABEL_COLS, band_augment, bandpass, clip_s
 from utils.config import ConfigError
 
 
-def curriculum_weights(vote_sums: np.ndarray, epoch: int, epochs: int, min_votes, base_weights,
-                       decay: float = 1.2, floor: float = 0.02) -> np.ndarray:
-    """Per-row weight: a row takes the *last* range whose lower vote bound it reaches (so with
-    bounds [0, 3, 8] a row of 8 votes is in the last range); all ranges but the last decay as
-    max(base * (1 - decay * epoch / epochs), floor); the last keeps its base weight."""
-    bounds = np.asarray(min_votes, dtype=np.float64)
-    base = np.asarray(base_weights, dtype=np.float64)
-    if len(bounds) != len(base) or len(bounds) == 0 or np.any(np.diff(bounds) <= 0):
+def epoch_range_weights(epoch: int, cfg) -> list[float]:
+    """Weight of each vote range at `epoch`: all but the last decay as max(base * (1 - decay *
+    epoch / epochs), floor); the last keeps its base weight. Python floats (float64 arithmetic)."""
+    bounds, base = list(cfg.curriculum_min_votes), [float(w) for w in cfg.curriculum_weights]
+    if len(bounds) != len(base) or not bounds or any(later <= earlier for earlier, later in zip(bounds, bounds[1:])):
         raise ConfigError("curriculum_min_votes must be increasing and as long as curriculum_weights")
-    factor = 1.0 - decay * epoch / max(epochs, 1)
-    weights = np.maximum(base * factor, floor)
-    weights[-1] = base[-1]
-    idx = np.searchsorted(bounds, np.asarray(vote_sums, dtype=np.float64), side="right") - 1
-    return weights[np.clip(idx, 0, len(bounds) - 1)].astype(np.float32)
+    factor = 1.0 - cfg.curriculum_decay * epoch / max(cfg.epochs, 1)
+    return [max(w * factor, cfg.curriculum_floor) for w in base[:-1]] + base[-1:]
+
+
+def batch_weights(vote_sums: torch.Tensor, epoch: int, cfg) -> torch.Tensor:
+    """Per-row curriculum weight (float32, on vote_sums' device): a row takes the *last* range whose
+    lower vote bound it reaches (bounds [0, 3, 8]: 8 votes are in the last range; below the first
+    bound: the first range). Scalars only, so nothing is copied from the host."""
+    weights = epoch_range_weights(epoch, cfg)
+    sums = vote_sums.float()
+    out = torch.full_like(sums, weights[0])
+    for bound, weight in zip(cfg.curriculum_min_votes[1:], weights[1:]):
+        out = torch.where(sums >= bound, weight, out)
+    return out
+
+
+def prepare_batch(batch: dict, cfg, epoch: int) -> dict:
+    """Training-step hook: set batch["label_weight"] from batch["vote_sum"] for `epoch` (in place)."""
+    batch["label_weight"] = batch_weights(batch["vote_sum"], epoch, cfg)
+    return batch
 
 
 class CustomDataset(EEGWindowDataset):
@@ -44,11 +58,11 @@ class CustomDataset(EEGWindowDataset):
         order = cfg.butter_order
         if not isinstance(order, int) or isinstance(order, bool) or order < 0:
             raise ConfigError(f"butter_order must be an integer >= 0 (0: no band-pass), got {order!r}")
-        if self.training and all(c in self.df.columns for c in LABEL_COLS):
-            sums = self.df[LABEL_COLS].to_numpy(np.float64).sum(axis=1)
-            self.label_weights = curriculum_weights(
-                sums, cfg.curr_epoch, cfg.epochs, cfg.curriculum_min_votes, cfg.curriculum_weights,
-                cfg.curriculum_decay, cfg.curriculum_floor)
+        labelled = all(c in self.df.columns for c in LABEL_COLS)
+        sums = self.df[LABEL_COLS].to_numpy(np.float64).sum(axis=1) if labelled else np.zeros(len(self.df))
+        self.vote_sums = sums.astype(np.float32)
+        if self.training and labelled:
+            self.label_weights = batch_weights(torch.from_numpy(self.vote_sums), cfg.curr_epoch, cfg).numpy()
         else:
             self.label_weights = np.ones(len(self.df), dtype=np.float32)
 
@@ -71,4 +85,5 @@ class CustomDataset(EEGWindowDataset):
         x = clip_scale(x, cfg.clip_value, cfg.scale).astype(np.float32)
         return {"input": torch.from_numpy(np.ascontiguousarray(x)),
                 "label_weight": torch.tensor(self.label_weights[idx], dtype=torch.float32),
+                "vote_sum": torch.tensor(self.vote_sums[idx]),  # prepare_batch turns it into label_weight
                 "_center": center}

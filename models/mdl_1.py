@@ -20,6 +20,9 @@ class Net(nn.Module):
         self.backbone = create_backbone(cfg, in_chans=cfg.in_chans, fresh_stem=self.fresh_stem)
         self.pool = GeM(p=cfg.gem_p_init, eps=1e-6)
         self.head = nn.Linear(self.backbone.num_features, cfg.n_classes)
+        self.channels_last = bool(cfg.channels_last)
+        if self.channels_last:  # NHWC convolutions (faster on tensor cores); `.to(device)` keeps the format
+            self.backbone.to(memory_format=torch.channels_last)
 
     def channel_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Training only: zero whole channels (dim 1) per sample."""
@@ -38,7 +41,10 @@ class Net(nn.Module):
         return spec.reshape(b, 1, c * f, t)
 
     def forward(self, batch: dict) -> dict:
-        feats = self.backbone(self.make_image(batch))
+        image = self.make_image(batch)
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        feats = self.backbone(image)
         logits = self.head(self.pool(feats))
         out = {"logits": logits}
         if "target" in batch:

@@ -16,14 +16,17 @@ PARTNERS = [(2, 8), (3, 9), (4, 0), (5, 1), (6, 2), (7, 3), (14, 4), (15, 5),
 LEFT_FIRST = list(range(0, 16, 2)) + list(range(1, 16, 2))  # even = left hemisphere
 
 
-def three_views(spec: torch.Tensor) -> torch.Tensor:
-    """(B, 16, F, T) -> (B, 16, 3, F, T): channel, minus mean of the others, minus mean of its partners."""
+def three_views(spec: torch.Tensor, partners: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, 16, F, T) -> (B, 16, 3, F, T): channel, minus mean of the others, minus mean of its partners.
+
+    `partners` (2, 16) long on spec's device: the model passes its buffer so that a forward copies
+    nothing from the host; None builds it from PARTNERS (tests, one-off use)."""
     n = spec.shape[1]
     others = (spec.sum(dim=1, keepdim=True) - spec) / (n - 1)
-    pa = torch.tensor([p[0] for p in PARTNERS], device=spec.device)
-    pb = torch.tensor([p[1] for p in PARTNERS], device=spec.device)
-    partners = 0.5 * (spec[:, pa] + spec[:, pb])
-    return torch.stack([spec, spec - others, spec - partners], dim=2)
+    if partners is None:
+        partners = torch.tensor(PARTNERS, device=spec.device).T
+    pair_mean = 0.5 * (spec[:, partners[0]] + spec[:, partners[1]])
+    return torch.stack([spec, spec - others, spec - pair_mean], dim=2)
 
 
 class Net(mdl_1.Net):
@@ -32,11 +35,13 @@ class Net(mdl_1.Net):
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        # index tensors live on the model's device (no host-to-device copy per forward), out of the state dict
         self.register_buffer("left_first", torch.tensor(LEFT_FIRST), persistent=False)
+        self.register_buffer("partners", torch.tensor(PARTNERS).T.contiguous(), persistent=False)
 
     def make_image(self, batch: dict) -> torch.Tensor:
         """(B, 3, 16 * mels, frames): the three views as image channels, montage channels stacked."""
-        views = three_views(self.spectrogram(batch))  # (B, 16, 3, F, T)
+        views = three_views(self.spectrogram(batch), self.partners)  # (B, 16, 3, F, T)
         if self.reorder:
             views = views[:, self.left_first]
         views = self.channel_dropout(views)

@@ -32,6 +32,7 @@ class Net(mdl_3.Net):
         super().__init__(cfg)
         self.mel_center = MelFrontEnd(cfg.spec_args_center, cfg.top_db)
         self.enlarge_len = int(cfg.enlarge_len)
+        self.register_buffer("crop_offsets", torch.arange(self.enlarge_len), persistent=False)
 
     def half_cut(self, width: int) -> int:
         return math.floor(width * self.cfg.cut_from_large_mel) // 2
@@ -39,7 +40,7 @@ class Net(mdl_3.Net):
     def crop_center(self, x: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
         """(B, C, T) -> (B, C, enlarge_len) around each sample's center."""
         b, c, t = x.shape
-        idx = crop_starts(center, self.enlarge_len, t)[:, None] + torch.arange(self.enlarge_len, device=x.device)
+        idx = crop_starts(center, self.enlarge_len, t)[:, None] + self.crop_offsets
         return torch.gather(x, 2, idx[:, None, :].expand(b, c, -1))
 
     def splice(self, main: torch.Tensor, zoom: torch.Tensor, center: torch.Tensor, total: int) -> torch.Tensor:

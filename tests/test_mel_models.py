@@ -152,7 +152,7 @@ def test_top_db_floor_is_batch_wide():
     with torch.no_grad():
         alone = model.mel(quiet)
         both = model.mel(torch.cat([loud, quiet]))
-    assert model.mel.to_db.top_db == 100
+    assert model.mel.top_db == 100
     top = both.max()
     assert torch.isclose(both[1].min(), top - 100)  # the quiet sample is floored by the loud one
     assert alone.min() < top - 100 - 1 and not torch.allclose(both[1], alone[0])
@@ -189,3 +189,20 @@ def test_local_weights_file_and_fresh_stem(tmp_path):
     assert not torch.all(stem.weight == 0.125)  # SPEC 6: mdl_3/4 stems are freshly initialised
     with pytest.raises(backbone_mod.PretrainedWeightsError, match=r"nope\.pth: pretrained_weights file not found"):
         build_model(cfg_of("cfg_3", pretrained_weights=str(tmp_path / "nope.pth")))
+
+
+def test_forward_copies_no_index_tensor_from_the_host(monkeypatch):
+    """mdl_3/mdl_4 keep their index tensors as non-persistent buffers: the state dict is unchanged and a
+    forward builds no tensor from a Python list (which would be a host-to-device copy per step on a GPU)."""
+    for name in ("cfg_3", "cfg_5a"):
+        model = build_model(cfg_of(name)).train()
+        assert not {"left_first", "partners", "crop_offsets"} & set(model.state_dict())
+        b = batch(centers=[300, 9000])
+
+        def no_tensor(*args, **kwargs):
+            raise AssertionError("torch.tensor called in forward")
+
+        with monkeypatch.context() as m:
+            m.setattr(torch, "tensor", no_tensor)
+            out = model(b)
+        assert torch.isfinite(out["loss"])

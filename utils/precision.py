@@ -1,0 +1,63 @@
+"""Numeric precision and backend settings: one code path for every device.
+
+`cfg.amp_dtype` names the autocast dtype ("float16", "bfloat16" or "float32" = no autocast) on any
+device. Left at None it is derived from the older switches, so every config keeps its behaviour:
+  CUDA (or any non-CPU device): "float16" when `mixed_precision` (the reference's choice), else "float32";
+  CPU: "bfloat16" when `cpu_amp`, else "float32" (a CPU trains in float32 unless asked).
+An explicit `--amp_dtype` wins over both switches. float16 comes with a GradScaler; bfloat16 and
+float32 do not need one (the scaler is created disabled, so train.py's calls stay the same).
+The models' mel front-end stays float32 under every autocast (models/layers.py).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from utils.config import ConfigError
+
+AMP_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+SHORT = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
+
+
+def resolve_amp_dtype(cfg, device: torch.device) -> str:
+    """The autocast dtype name for this run (see the module docstring)."""
+    name = getattr(cfg, "amp_dtype", None)
+    if name is not None:
+        if name not in AMP_DTYPES:
+            raise ConfigError(f"bad value for --amp_dtype: {name!r} (one of {', '.join(AMP_DTYPES)}, or None)")
+        return name
+    if torch.device(device).type == "cpu":
+        return "bfloat16" if cfg.cpu_amp else "float32"
+    return "float16" if cfg.mixed_precision else "float32"
+
+
+def autocast_ctx(amp_dtype: str, device: torch.device):
+    """A zero-argument factory of the autocast context for `device` (nullcontext for float32), so a
+    training step reads `with autocast(): ...` whatever the device and dtype."""
+    if amp_dtype == "float32":
+        return contextlib.nullcontext
+    dtype, kind = AMP_DTYPES[amp_dtype], torch.device(device).type
+    return lambda: torch.autocast(kind, dtype=dtype)
+
+
+def make_scaler(amp_dtype: str, device: torch.device) -> torch.amp.GradScaler:
+    """GradScaler for the device, enabled only for float16 (bfloat16 has float32's range)."""
+    return torch.amp.GradScaler(torch.device(device).type, enabled=amp_dtype == "float16")
+
+
+def setup_backend(device: torch.device) -> None:
+    """CUDA: cuDNN autotuning (the input shapes are fixed per config) and TF32 convolutions (PyTorch's
+    default, stated here). TF32 *matmuls* stay off: the models' matmuls run in fp16/bf16 under
+    autocast anyway, and TF32 would round the float32 mel filterbank product to a 10-bit mantissa.
+    No-op on other devices."""
+    if torch.device(device).type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def describe(amp_dtype: str) -> str:
+    """Short name for logs and tables: fp16, bf16, fp32."""
+    return SHORT[amp_dtype]

@@ -1,0 +1,27 @@
+"""The optimiser half of a training step with gradient accumulation, shared by train.py and the tests.
+
+backward() on every batch, optimizer_step() every `grad_accumulation` batches: with batch-mean losses
+and a model without batch statistics, B x accumulation k updates as (B k) x 1 does (tests/test_precision.py).
+Neither function reads a value back to the host, except GradScaler.step's inf check when float16
+scaling is on (a fused optimizer, `Adam(fused=True)`, avoids that one too).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler, grad_accumulation: int) -> None:
+    """Accumulate the gradients of loss / grad_accumulation (scaled when the scaler is enabled)."""
+    scaler.scale(loss / grad_accumulation).backward()
+
+
+def optimizer_step(params, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_grad: float | None) -> None:
+    """Unscale, clip the total gradient norm to clip_grad (if > 0), step (skipped by the scaler on
+    inf/NaN), update the scale, and clear the gradients."""
+    if clip_grad and clip_grad > 0:
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(params, clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
