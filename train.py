@@ -1,4 +1,4 @@
-"""Train one config on one fold with one seed (SPEC sections 7-8).
+"""Train one config on one fold with one seed (docs/solution.md sections 7-8).
 
     python train.py -C cfg_5a --fold 0 [--seed 7] [--any_config_field value ...] [--resume] [--force]
     torchrun --nproc_per_node 4 train.py -C cfg_5a --fold 0      # one run on 4 GPUs (DDP)
@@ -8,9 +8,11 @@
 Loop as in the reference (Henkel-style): Adam, cosine decay to 0 without warm-up over
 epochs * (train rows // batch_size) scheduler steps; the scheduler steps after *every* batch while
 the optimiser steps every `grad_accumulation` batches (a global batch counter, so accumulation
-carries over epoch ends as in the reference); gradients clipped to `clip_grad` after unscaling;
-fp16 autocast + GradScaler on CUDA when `mixed_precision`, bf16 autocast on CPU only with
-`cpu_amp`. Outputs go to <output_dir>/<name>/fold<fold>/seed<seed>/: config.json (resolved config),
+carries over epoch ends as in the reference); gradients clipped to `clip_grad` after unscaling.
+Precision is one code path on every device (utils/precision.py): `amp_dtype` float16 (+ GradScaler,
+the reference's choice where `mixed_precision`), bfloat16 or float32. Speed without changing the
+numbers: cuDNN autotuning, fused Adam on CUDA, persistent prefetching workers, no host sync per step,
+DDP no_sync on accumulation micro-steps; opt-in `channels_last` and `compile`. Outputs go to <output_dir>/<name>/fold<fold>/seed<seed>/: config.json (resolved config),
 run_info.json, metrics.csv (per epoch), last_state.pth (resume state, removed at the end), and at the
 end val_logits.csv (eeg_id, label_id, raw logits), learning_curve.png and checkpoint.pth, written last
 and fsynced: utils/checkpoint.py's rule makes a folder with a complete checkpoint.pth a finished run,
@@ -46,10 +48,13 @@ from data.signal import LABEL_COLS, LOGIT_COLS  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
-from utils.build import build_dataset, build_model  # noqa: E402
+from utils import step as opt_step  # noqa: E402
+from utils.build import build_dataset, build_model, dataset_module  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
 from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
                       require_dir, run_cli)
+from utils.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup_backend  # noqa: E402
+from utils.speed import maybe_compile  # noqa: E402
 from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
 from utils.tracking import Tracker  # noqa: E402
 
@@ -161,14 +166,6 @@ def steps_per_epoch(n_rows: int, cfg, info) -> int:
 
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def autocast_for(cfg, device):
-    if device.type == "cuda" and cfg.mixed_precision:
-        return lambda: torch.autocast("cuda", dtype=torch.float16)
-    if device.type == "cpu" and cfg.cpu_amp:
-        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 def cosine_schedule(optimizer, total_steps: int):
@@ -308,12 +305,6 @@ def write_json(path: Path, obj: dict) -> None:
     atomic_write_text(path, text)
 
 
-def amp_label(cfg, device) -> str:
-    if device.type == "cuda" and cfg.mixed_precision:
-        return "float16"
-    return "bfloat16" if device.type == "cpu" and cfg.cpu_amp else "float32"
-
-
 def warn_config_changes(cfg, out: Path, log) -> None:
     saved = json.loads((out / "config.json").read_text()) if (out / "config.json").is_file() else {}
     now = json.loads(json.dumps(cfg_to_dict(cfg), default=str))
@@ -339,13 +330,15 @@ def build(cfg, opts, info, log) -> Run:
     r = Run(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
             train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None, val_loader=None)
     seed_everything(rank_seed(cfg.seed, info.rank))
-    r.model = build_model(cfg).to(info.device)
+    r.amp = resolve_amp_dtype(cfg, info.device)
+    setup_backend(info.device, r.amp)
+    r.model = maybe_compile(build_model(cfg).to(info.device), cfg)
+    r.prepare_batch = getattr(dataset_module(cfg), "prepare_batch", None)  # e.g. ds_2's curriculum weights
     fused = {"fused": True} if info.device.type == "cuda" else {"foreach": True}  # same update, fewer kernels
     r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     r.scheduler = cosine_schedule(r.optimizer, cfg.epochs * n_steps)
-    r.amp = amp_label(cfg, info.device)
-    r.scaler = torch.amp.GradScaler("cuda", enabled=r.amp == "float16")
-    r.autocast = autocast_for(cfg, info.device)
+    r.scaler = make_scaler(r.amp, info.device)
+    r.autocast = autocast_ctx(r.amp, info.device)
     return r
 
 
@@ -394,20 +387,18 @@ def train_epoch(r: Run, net, epoch: int) -> dict:
         r.step += 1
         stepping = r.step % cfg.grad_accumulation == 0
         sync = contextlib.nullcontext() if stepping or not info.distributed else net.no_sync()
+        batch = to_device(batch, info.device)
+        if r.prepare_batch is not None:
+            batch = r.prepare_batch(batch, cfg, epoch)
         with sync:
             with r.autocast():
-                loss = net(to_device(batch, info.device))["loss"]
-            r.scaler.scale(loss / cfg.grad_accumulation).backward()
+                loss = net(batch)["loss"]
+            opt_step.backward(loss, r.scaler, cfg.grad_accumulation)
         total += loss.detach().float()
         window += loss.detach().float()
         n += 1
         if stepping:
-            if cfg.clip_grad and cfg.clip_grad > 0:
-                r.scaler.unscale_(r.optimizer)
-                torch.nn.utils.clip_grad_norm_(r.model.parameters(), cfg.clip_grad)
-            r.scaler.step(r.optimizer)
-            r.scaler.update()
-            r.optimizer.zero_grad(set_to_none=True)
+            opt_step.optimizer_step(r.model.parameters(), r.optimizer, r.scaler, cfg.clip_grad)
         with warnings.catch_warnings():  # stepping before the first optimizer step is intended
             warnings.simplefilter("ignore", UserWarning)
             r.scheduler.step()
@@ -481,7 +472,7 @@ def train_run(r: Run, opts) -> None:
     r.oracle = oracle_kl(r.val_df, cfg, log)
     log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(r.train_df)} train / {len(r.val_df)} val rows, "
         f"{cfg.epochs} epochs x {r.n_steps} steps, device {info.device} x {info.world_size}, "
-        f"amp {r.amp} -> {r.work}")
+        f"amp {r.amp}{', compiled' if cfg.compile else ''} -> {r.work}")
     stop_after = opts["stop_after_epochs"]
     try:
         for epoch in range(r.start_epoch, cfg.epochs):

@@ -27,7 +27,7 @@ cfg.curriculum_min_votes = [0, 3, 8]
 cfg.curriculum_weights = [0.3, 0.5, 1.0]
 cfg.curriculum_decay = 1.2  # weight * (1 - decay * epoch / epochs) ...
 cfg.curriculum_floor = 0.02  # ... floored here
-cfg.reload_train_loader = True  # the weights move every epoch
+# the weights move every epoch: ds_2.prepare_batch sets them in the training step (no loader rebuild)
 
 # mdl_2
 cfg.backbone = None
