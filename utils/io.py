@@ -105,6 +105,11 @@ def atomic_write_csv(path, df: pd.DataFrame) -> None:
     atomic_write(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr (input that is scored, but not as the user may assume)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main, argv=None) -> int:
     """Run a script's main; data/config errors print one line on stderr and exit 2."""
     from utils.config import ConfigError
