@@ -109,7 +109,7 @@ def draw(x: np.ndarray, center: int, image, title: str, image_title: str, out: P
     for ch in range(x.shape[1]):
         ax.plot(t, x[:, ch] - ch * spread, lw=0.5, color="#1f4e79" if ch % 2 == 0 else "#9c2f2f")
     lo, hi = (center - 5 * FS) / FS, (center + 5 * FS) / FS
-    ax.axvspan(lo, hi, color="#f2c14e", alpha=0.25, label="labelled central 10 s")
+    ax.axvspan(lo, hi, color="#f2c14e", alpha=0.25, label="central 10 s (what a label describes)")
     bar_uv = nice_number(0.8 * spread * uv_per_unit)
     x0 = t[-1] * 1.008
     ax.plot([x0, x0], [0.4 * spread, 0.4 * spread - bar_uv / uv_per_unit], color="k", lw=2, clip_on=False)

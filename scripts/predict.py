@@ -254,7 +254,8 @@ def predict_recordings(files, output_dir, blend_path=None, out_dir="predictions"
     print(f"scored {len(windows)} window(s) in {secs:.1f} s ({len(windows) / max(secs, 1e-9):.1f} windows/s)")
     tables, first = {}, 0
     for i, (rec, name) in enumerate(zip(recs, names)):
-        table = timeline.window_table(starts[i], probs[first:first + len(starts[i])])
+        gaps = timeline.gap_seconds(store.recording(i), starts[i])
+        table = timeline.window_table(starts[i], probs[first:first + len(starts[i])], gaps)
         first += len(starts[i])
         tables[rec.source.path] = table
         write_outputs(table, rec, store.recording(i), Path(out_dir), name, stride)

@@ -9,8 +9,8 @@ import pytest
 from scipy.signal import resample_poly
 
 from data import recording
-from data.signal import EEG_COLUMNS, FS, LABEL_COLS
-from utils import blend
+from data.signal import EEG_COLUMNS, FS, LABEL_COLS, MONTAGE_ELECTRODES, WINDOW
+from utils import blend, timeline
 from utils.io import DataError, run_cli
 
 from conftest import CLINICAL, make_run, synthetic, write_edf
@@ -18,6 +18,8 @@ from scripts import predict
 
 ROOT = Path(__file__).resolve().parents[1]
 ELECTRODES = EEG_COLUMNS[:19]
+
+
 def write_parquet(path, x) -> None:
     pd.DataFrame(x, columns=EEG_COLUMNS).to_parquet(path, index=False)
 
@@ -86,6 +88,25 @@ def test_missing_electrode_is_a_one_line_error_unless_allowed():
 
 
 # --- resampling -----------------------------------------------------------------------------------------
+def test_window_placement_gaps_and_time_shares():
+    assert timeline.window_starts(1800 * FS, 10).tolist() == list(range(0, 1751 * FS, 10 * FS))
+    assert timeline.window_starts(95 * FS, 10).tolist() == [s * FS for s in (0, 10, 20, 30, 40, 45)]
+    assert timeline.window_starts(32 * FS, 10).tolist() == [0]
+    rng = np.random.default_rng(0)
+    rec = rng.normal(size=(123_457, 20)).astype(np.float32)
+    for a, n in ((5_000, 20_000), (60_000, 1), (100_000, 30_000)):
+        rec[a:a + n] = np.nan
+    rec[70_000:80_000, :3] = np.nan  # some electrodes only: not a gap
+    starts = timeline.window_starts(len(rec), 7.3)
+    flags = np.r_[np.isnan(rec[:, MONTAGE_ELECTRODES]).all(axis=1), np.ones(WINDOW, bool)]
+    expected = [flags[s:s + WINDOW].sum() / FS for s in starts]
+    np.testing.assert_array_equal(timeline.gap_seconds(rec, starts, chunk=9_999), expected)
+    table = timeline.window_table(np.array([0, 2000, 4000]), np.eye(6)[[0, 5, 5]])
+    assert table["top_class"].tolist() == ["Seizure", "Other", "Other"]
+    shares = timeline.time_shares(table, 70)  # cells 20-30, 30-40, 40-50 s
+    assert shares == pytest.approx({"Seizure": 1 / 3, "Other": 2 / 3})
+
+
 @pytest.mark.parametrize("sfreq", [256, 500, 512, 250, 1000, 199.8, 200])
 def test_chunked_resampling_equals_resampling_the_whole_signal(sfreq):
     rng = np.random.default_rng(0)
@@ -168,6 +189,8 @@ def test_thirty_minutes_of_256_hz_edf_stream_in_bounded_memory(small_ensemble, t
     edf = tmp_path / "long.edf"
     write_edf(edf, resample_poly(x.astype(np.float64), 32, 25, axis=0), [*CLINICAL, "EKG"], 256)
     del x
+    import matplotlib.pyplot  # noqa: F401 - imports (modules, font cache) are not the data's memory
+    import mne  # noqa: F401
     tracemalloc.start()
     try:
         tables = score([edf], small_ensemble, tmp_path, "--batch-size", "8")
@@ -176,7 +199,7 @@ def test_thirty_minutes_of_256_hz_edf_stream_in_bounded_memory(small_ensemble, t
         tracemalloc.stop()
     table = tables[edf.name]
     assert len(table) == (1800 - 50) // 10 + 1 == 176
-    assert table["start_s"].iloc[-1] == 1750 and table["center_s"].iloc[0] == 25
+    assert table["start_s"].iloc[-1] == 1750 and table["center_s"].iloc[0] == 25 and (table["gap_s"] == 0).all()
     np.testing.assert_allclose(table[LABEL_COLS].sum(axis=1), 1, atol=1e-9)
     print(f"peak traced memory {peak / 1e6:.1f} MB")
     assert peak < 25e6, f"peak traced memory {peak / 1e6:.1f} MB"
@@ -186,9 +209,12 @@ def test_thirty_minutes_of_256_hz_edf_stream_in_bounded_memory(small_ensemble, t
 
 def test_short_recording_is_one_padded_window_with_a_warning(small_ensemble, tmp_path, capsys):
     f = tmp_path / "short.parquet"
-    write_parquet(f, synthetic(32, seed=1))
+    x = synthetic(32, seed=1)
+    x[10 * FS:12 * FS] = np.nan  # a 2 s drop-out
+    write_parquet(f, x)
     table = score([f], small_ensemble, tmp_path)[f.name]
     assert len(table) == 1 and table["start_s"].iloc[0] == 0
+    assert table["gap_s"].iloc[0] == 18 + 2  # seconds the window is scored on zeros
     err = capsys.readouterr().err
     assert "warning: short.parquet: 32.0 s long, shorter than the 50 s window: scored as one window zero-padded " \
            "by 18.0 s" in err

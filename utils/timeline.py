@@ -14,9 +14,10 @@ import pandas as pd
 from scipy.signal import lfilter
 
 from data.recording import hhmmss
-from data.signal import CLASSES, FS, LABEL_COLS, MONTAGE_NAMES, WINDOW, butter_coeffs, to_bipolar
+from data.signal import CLASSES, FS, LABEL_COLS, MONTAGE_ELECTRODES, MONTAGE_NAMES, WINDOW, butter_coeffs, to_bipolar
 
 LABEL_HALF_S = 5.0  # half of the labelled central 10 s
+GAP_MARK_S = 10.0  # windows with at least this many seconds without signal are hatched in the timeline
 COLOURS = ["#d62728", "#ff7f0e", "#9467bd", "#1f77b4", "#17becf", "#b8b8b8"]  # seizure ... other
 
 
@@ -32,12 +33,33 @@ def window_starts(n_samples: int, stride_s: float) -> np.ndarray:
     return starts
 
 
-def window_table(starts: np.ndarray, probs: np.ndarray) -> pd.DataFrame:
-    """start_s, center_s, the six probabilities, the top class."""
+def window_table(starts: np.ndarray, probs: np.ndarray, gaps: np.ndarray | None = None) -> pd.DataFrame:
+    """start_s, center_s, the six probabilities, the top class, and gap_s: seconds of the window
+    without signal (NaN, or past the end of a short recording), scored as zeros as in training."""
     df = pd.DataFrame({"start_s": starts / FS, "center_s": (starts + WINDOW // 2) / FS})
     df[LABEL_COLS] = probs
     df["top_class"] = np.asarray(CLASSES)[np.argmax(probs, axis=1)]
+    if gaps is not None:
+        df["gap_s"] = gaps
     return df
+
+
+def gap_seconds(rec: np.ndarray, starts: np.ndarray, chunk: int = 60 * FS) -> np.ndarray:
+    """Per window, the seconds whose montage electrodes are all NaN (or past the recording's end), from
+    one streamed pass: the running count of gap samples is read off at each window's start and end."""
+    n = len(rec)
+    q = np.concatenate([starts, starts + WINDOW]).astype(np.int64)  # positions p: gap samples in [0, p)
+    count = np.zeros(len(q))
+    total = 0
+    for s in range(0, n, chunk):
+        part = np.isnan(rec[s:s + chunk][:, MONTAGE_ELECTRODES]).all(axis=1)
+        running = total + np.concatenate([[0], np.cumsum(part)])  # at positions s .. s + len(part)
+        inside = (q >= s) & (q <= s + len(part))
+        count[inside] = running[q[inside] - s]
+        total = int(running[-1])
+    past = q > n
+    count[past] = total + (q[past] - n)
+    return (count[len(starts):] - count[:len(starts)]) / FS
 
 
 def window_cells(centers: np.ndarray, seconds: float) -> tuple[np.ndarray, np.ndarray]:
@@ -87,10 +109,15 @@ def overview(rec: np.ndarray, n_bins: int = 2400, low: float = 0.5, high: float 
     return np.arange(n_bins) * bin_len / FS, lo, hi
 
 
-def _time_axis(ax, seconds: float) -> None:
-    from matplotlib.ticker import FuncFormatter, MaxNLocator
+TICK_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200]  # seconds
 
-    ax.xaxis.set_major_locator(MaxNLocator(nbins=10, steps=[1, 2, 3, 6, 10]))
+
+def _time_axis(ax, seconds: float) -> None:
+    """hh:mm:ss ticks at a clock-like step (10 s, 5 min, 1 h, ...), about 6-12 of them."""
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    step = next((s for s in TICK_STEPS if seconds / s <= 12), TICK_STEPS[-1])
+    ax.xaxis.set_major_locator(MultipleLocator(step))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: hhmmss(v)))
     ax.set_xlim(0, seconds)
 
@@ -117,6 +144,13 @@ def draw_timeline(table: pd.DataFrame, seconds: float, env, title: str, out) -> 
         top = cum + np.concatenate([probs[:, k], probs[-1:, k]])
         ax.fill_between(x, cum, top, step="post", color=colour, lw=0, label=cls)
         cum = top
+    if "gap_s" in table:  # windows scored largely on zeros (a recording gap): hatched, not to be trusted
+        gappy = table["gap_s"].to_numpy() >= GAP_MARK_S
+        for a, b in zip(lo[gappy], hi[gappy]):
+            ax.axvspan(a, b, facecolor="none", edgecolor="white", hatch="///", lw=0)
+        if gappy.any():
+            ax.fill_between([], [], facecolor="#b8b8b8", edgecolor="white", hatch="///",
+                            label=f"gap >= {GAP_MARK_S:g} s")
     ax.set_ylim(0, 1)
     ax.set_ylabel("probability")
     handles, labels = ax.get_legend_handles_labels()
