@@ -150,15 +150,16 @@ def test_real_example_as_edf_gives_the_parquet_probabilities(shared_sample, ense
     np.testing.assert_allclose(as_edf, kaggle, atol=1e-4)
 
 
-def test_256_and_500_hz_edf_and_mne_fif_match_the_200_hz_recording(small_ensemble, tmp_path):
-    """A synthetic 200 Hz recording, upsampled to 256 and 500 Hz (EDF, 16-bit) and 500 Hz FIF (float32,
-    volts, modern T7/T8/P7/P8 names) by the writer, and resampled back to 200 Hz by the reader:
-    windows within 2e-3 of the 200 Hz parquet's (what is left is the two polyphase filters'
-    passband ripple and EDF's step)."""
+def test_256_and_500_hz_edf_and_mne_written_files_match_the_200_hz_recording(small_ensemble, tmp_path):
+    """A synthetic 200 Hz recording, upsampled to 256 and 500 Hz (EDF, 16-bit) and 500 Hz FIF,
+    BrainVision and EEGLAB files written by MNE (modern T7/T8/P7/P8 names), and resampled back to
+    200 Hz by the reader: windows within 2e-3 of the 200 Hz parquet's (what is left is the two
+    polyphase filters' passband ripple and the formats' precision)."""
     import mne
 
     x = synthetic(95, seed=3)
-    files = [tmp_path / "rec200.parquet", tmp_path / "rec256.edf", tmp_path / "rec500.edf", tmp_path / "rec500_raw.fif"]
+    files = [tmp_path / "rec200.parquet", tmp_path / "rec256.edf", tmp_path / "rec500.edf", tmp_path / "rec500_raw.fif",
+             tmp_path / "rec500bv.vhdr", tmp_path / "rec500lab.set"]
     write_parquet(files[0], x)
     up256 = resample_poly(x.astype(np.float64), 32, 25, axis=0)
     up500 = resample_poly(x.astype(np.float64), 5, 2, axis=0)
@@ -166,7 +167,10 @@ def test_256_and_500_hz_edf_and_mne_fif_match_the_200_hz_recording(small_ensembl
     write_edf(files[2], up500, [f"{e}-LE" for e in ELECTRODES] + ["ECG"], 500)
     modern = {"T3": "T7", "T4": "T8", "T5": "P7", "T6": "P8"}
     info = mne.create_info([modern.get(e, e) for e in ELECTRODES], 500.0, "eeg")
-    mne.io.RawArray(up500[:, :19].T * 1e-6, info, verbose="error").save(files[3], verbose="error")
+    raw = mne.io.RawArray(up500[:, :19].T * 1e-6, info, verbose="error")
+    raw.save(files[3], verbose="error")
+    mne.export.export_raw(files[4], raw, verbose="error")  # through pybv (a test requirement)
+    mne.export.export_raw(files[5], raw, verbose="error")  # through eeglabio (a test requirement)
 
     for f in files[1:]:  # the signal itself: within the filters' ripple of the original, edges aside
         back = recording.open_recording(f).read(0, len(x))[FS:-FS, :19]
