@@ -247,26 +247,34 @@ def open_recording(path, allow_missing: bool = False) -> Recording:
     return Recording(src, cmap, n)
 
 
-def decode(rec: Recording, out_path) -> dict:
-    """Write the whole recording to a float32 .npy (T, 20) in CHUNK_S pieces; return amplitude stats.
-    A recording whose montage electrodes hold no number at all is an error."""
+def decode(rec: Recording, out_path) -> None:
+    """Write the whole recording to a float32 .npy (T, 20) in CHUNK_S pieces. A recording whose
+    montage electrodes hold no number at all is an error."""
     out = np.lib.format.open_memmap(out_path, mode="w+", dtype=np.float32, shape=(rec.n_samples, len(EEG_COLUMNS)))
     step = CHUNK_S * FS
-    any_signal, spreads = False, []
+    any_signal = False
     for start in range(0, rec.n_samples, step):
         block = rec.read(start, start + step)
         out[start:start + len(block)] = block
-        mont = block[:, MONTAGE_ELECTRODES]
-        finite = np.isfinite(mont)
-        if finite.any():
-            any_signal = True
-            vals = mont[finite]
-            spreads.append(float(np.median(np.abs(vals - np.median(vals)))))
+        any_signal = any_signal or bool(np.isfinite(block[:, MONTAGE_ELECTRODES]).any())
     out.flush()
     del out
     if not any_signal:
         raise DataError(f"{rec.source.path}: recording is NaN throughout (no signal)")
-    return {"median_abs_dev_uv": float(np.median(spreads))}
+
+
+def amplitude_note(rec: np.ndarray, name: str, lo: float = 0.5, hi: float = 5000.0) -> str | None:
+    """A warning when the typical amplitude (median absolute deviation of the montage electrodes over
+    up to 30 one-second samples of the decoded recording) is far from EEG's tens of microvolts: most
+    often a unit the reader did not know (MNE then takes the numbers as volts)."""
+    starts = np.linspace(0, max(len(rec) - FS, 0), min(30, max(len(rec) // FS, 1))).astype(int)
+    x = np.concatenate([np.asarray(rec[s:s + FS])[:, MONTAGE_ELECTRODES].ravel() for s in starts])
+    x = x[np.isfinite(x)]
+    mad = float(np.median(np.abs(x - np.median(x)))) if len(x) else 0.0
+    if lo <= mad <= hi:
+        return None
+    return (f"{name}: typical amplitude {mad:.3g} uV, far from EEG's tens of microvolts: check the file's units "
+            f"(a unit the reader does not know is taken as volts); the models were trained on microvolts")
 
 
 def default_cache_dir() -> Path:

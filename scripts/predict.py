@@ -239,6 +239,9 @@ def predict_recordings(files, output_dir, blend_path=None, out_dir="predictions"
         t0 = time.perf_counter()
         store.build(i)  # decoded once (reused while the file is unchanged)
         print(f"  decoded to {store.cache_path(i)} in {time.perf_counter() - t0:.1f} s")
+        note = recording.amplitude_note(store.recording(i), rec.source.path.name)
+        if note:
+            warn(note)
         if rec.n_samples < WINDOW:
             warn(f"{rec.source.path.name}: {rec.seconds:.1f} s long, shorter than the 50 s window: scored as one "
                  f"window zero-padded by {(WINDOW - rec.n_samples) / FS:.1f} s")

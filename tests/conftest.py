@@ -40,12 +40,12 @@ def synthetic(seconds: float, seed: int = 0) -> np.ndarray:
     return x
 
 
-def write_edf(path, x, labels, sfreq) -> None:
-    """An EDF as a clinical system writes it: 16-bit samples, physical range = each channel's min..max (uV)."""
+def write_edf(path, x, labels, sfreq, unit: str = "uV") -> None:
+    """An EDF as a clinical system writes it: 16-bit samples, physical range = each channel's min..max."""
     import edfio
 
     signals = [edfio.EdfSignal(np.asarray(x[:, i], np.float64), sampling_frequency=sfreq, label=lab,
-                               physical_dimension="uV") for i, lab in enumerate(labels)]
+                               physical_dimension=unit) for i, lab in enumerate(labels)]
     edfio.Edf(signals).write(path)
 
 

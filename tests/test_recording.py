@@ -242,6 +242,19 @@ def test_allow_missing_scores_with_a_warning(small_ensemble, tmp_path, capsys):
     assert np.isnan(decoded[:, EEG_COLUMNS.index("O2")]).all()  # -> T6-O2, P4-O2 zero after the montage
 
 
+def test_unknown_units_are_scored_with_a_warning(small_ensemble, tmp_path, capsys):
+    """An EDF whose channels carry no unit: MNE takes the numbers as volts, so microvolt data comes
+    out a million times too large; the amplitude check says so (and stays quiet for real units)."""
+    x = synthetic(60, seed=6)
+    odd, fine = tmp_path / "no_unit.edf", tmp_path / "fine.edf"
+    write_edf(odd, x[:, :19], CLINICAL, FS, unit="")
+    write_edf(fine, x[:, :19], CLINICAL, FS)
+    score([odd, fine], small_ensemble, tmp_path)
+    err = capsys.readouterr().err
+    assert "warning: no_unit.edf: typical amplitude" in err and "check the file's units" in err
+    assert "fine.edf: typical" not in err
+
+
 def test_bad_inputs_are_one_line_errors(small_ensemble, tmp_path, capsys):
     nan_only = tmp_path / "nan.parquet"
     write_parquet(nan_only, np.full((12_000, 20), np.nan, np.float32))
