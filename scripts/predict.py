@@ -60,7 +60,7 @@ def parse_args(argv=None):
     p.add_argument("--output-dir", default="output", help="training runs: <output_dir>/<cfg>/fold<f>/seed<s>/")
     p.add_argument("--blend", default=None, help="blend weights JSON (default <output_dir>/blend_weights.json)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=16, help="recordings per forward pass")
+    p.add_argument("--batch-size", type=int, default=16, help="recordings (--recording: windows) per forward pass")
     p.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--cache-dir", default=None,
                    help="decoded-recording cache (default: <data_dir>/cache, or ~/.cache/hms3rd when read-only; "
