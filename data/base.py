@@ -49,10 +49,10 @@ class EEGWindowDataset(Dataset):
         self.df = df.reset_index(drop=True)
         self.store = EEGStore(eeg_dir_for(cfg, mode), cfg.cache_dir)
         self.eeg_ids = self.df["eeg_id"].to_numpy(np.int64)
-        if mode != "test" and "eeg_label_offset_seconds" in self.df.columns:
+        if "eeg_label_offset_seconds" in self.df.columns:  # test mode too: windows of a long recording
             self.offsets = np.round(self.df["eeg_label_offset_seconds"].to_numpy(np.float64) * FS).astype(np.int64)
         else:
-            self.offsets = np.zeros(len(self.df), dtype=np.int64)  # test recordings are exactly 50 s
+            self.offsets = np.zeros(len(self.df), dtype=np.int64)  # Kaggle's test recordings are exactly 50 s
         if all(c in self.df.columns for c in LABEL_COLS):
             votes = self.df[LABEL_COLS].to_numpy(np.float32)
             total = votes.sum(axis=1, keepdims=True)
@@ -100,7 +100,7 @@ class EEGWindowDataset(Dataset):
         eeg_id = int(self.eeg_ids[idx])
         silent = self._silent.get(eeg_id)
         if silent is None:
-            silent = self._silent[eeg_id] = bool(np.isnan(self.store.recording(eeg_id)[:, MONTAGE_ELECTRODES]).all())
+            silent = self._silent[eeg_id] = self.store.all_nan(eeg_id, MONTAGE_ELECTRODES)
         if silent:
             raise DataError(f"{self.store.source(eeg_id)}: recording is NaN throughout (no signal)")
 

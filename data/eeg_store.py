@@ -47,20 +47,24 @@ class EEGStore:
             raise DataError(f"{src}: eeg file not found") from None
         return self.cache_dir / f"{int(eeg_id)}_{st.st_size}_{st.st_mtime_ns}.npy"
 
+    def decode_to(self, eeg_id, tmp) -> None:
+        """Write the recording as a (T, 20) float32 .npy to `tmp` (subclasses read other formats)."""
+        data = read_eeg_parquet(self.source(eeg_id))
+        with open(tmp, "wb") as fh:
+            np.save(fh, data)
+
+    def stale_pattern(self, eeg_id) -> str:
+        """Glob of this recording's cache files under any key."""
+        return f"{int(eeg_id)}_*.npy"
+
     def build(self, eeg_id) -> Path:
         """Decode one recording into the cache unless an up-to-date copy is there."""
         path = self.cache_path(eeg_id)
         if not path.exists():
-            data = read_eeg_parquet(self.source(eeg_id))
-            for stale in self.cache_dir.glob(f"{int(eeg_id)}_*.npy"):
+            atomic_write(path, lambda tmp: self.decode_to(eeg_id, tmp))
+            for stale in self.cache_dir.glob(self.stale_pattern(eeg_id)):
                 if stale != path:  # another process may have just written the current key: keep it
                     stale.unlink(missing_ok=True)
-
-            def write(tmp):
-                with open(tmp, "wb") as fh:
-                    np.save(fh, data)
-
-            atomic_write(path, write)
         return path
 
     def recording(self, eeg_id) -> np.ndarray:
@@ -76,6 +80,12 @@ class EEGStore:
 
     def length(self, eeg_id) -> int:
         return int(self.recording(eeg_id).shape[0])
+
+    def all_nan(self, eeg_id, columns, chunk: int = 1_000_000) -> bool:
+        """Whether `columns` are NaN throughout the recording, read in chunks (a day-long recording
+        never becomes one array)."""
+        rec = self.recording(eeg_id)
+        return all(np.isnan(rec[s:s + chunk][:, columns]).all() for s in range(0, len(rec), chunk))
 
     def window(self, eeg_id, start: int, length: int) -> np.ndarray:
         """Samples [start, start + length) as a float32 copy (T, 20); shorter if the file ends."""

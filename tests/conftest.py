@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.signal import EEG_COLUMNS, LABEL_COLS
+from data.signal import EEG_COLUMNS, FS, LABEL_COLS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "hms_real_sample"
 
@@ -63,6 +63,31 @@ def write_recording(path: Path, n_samples: int, seed: int = 0, nan_rows: slice |
     return x
 
 
+# --- your own recordings: synthetic signals and EDF files as clinical systems write them ------------------
+CLINICAL = [f"EEG {e.upper()}-REF" for e in EEG_COLUMNS[:19]]  # e.g. a Natus/XLTEK EDF export
+
+
+def synthetic(seconds: float, seed: int = 0) -> np.ndarray:
+    """(T, 20) float32 uV at 200 Hz in EEG_COLUMNS order: the synthetic generator's background + EKG."""
+    from data.synthetic import background, ekg
+
+    rng = np.random.default_rng(seed)
+    n = int(seconds * FS)
+    x = np.empty((n, 20), np.float32)
+    x[:, :19] = background(rng, n) + rng.normal(0, 20, 19).astype(np.float32)
+    x[:, 19] = ekg(rng, n)
+    return x
+
+
+def write_edf(path, x, labels, sfreq, unit: str = "uV") -> None:
+    """An EDF as a clinical system writes it: 16-bit samples, physical range = each channel's min..max."""
+    import edfio
+
+    signals = [edfio.EdfSignal(np.asarray(x[:, i], np.float64), sampling_frequency=sfreq, label=lab,
+                               physical_dimension=unit) for i, lab in enumerate(labels)]
+    edfio.Edf(signals).write(path)
+
+
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """A data folder with 4 train recordings (60-130 s), a train csv of 8 rows and 2 test recordings."""
@@ -97,3 +122,38 @@ def shared_sample() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/hms_real_sample not present")
     return SHARED
+
+
+# --- trained-run folders for inference tests (tiny models, random weights) ------------------------------
+TINY = {"cfg_5a": ["--backbone", "test_efficientnet", "--pretrained", "False"],
+        "cfg_2a": ["--frontend_filters", "16", "--sq_dim", "32", "--sq_layers", "1"]}
+
+
+def tiny_cfg(name, fold=0, seed=1, output_dir="out"):
+    from utils.config import apply_overrides, load_config
+
+    cfg = apply_overrides(load_config(name), TINY[name])
+    cfg.fold, cfg.seed, cfg.output_dir = fold, seed, str(output_dir)
+    return cfg
+
+
+def make_run(output_dir: Path, name: str, fold: int, seed: int) -> Path:
+    """A run folder as train.py writes it: randomly initialised model (seeded), resolved config."""
+    import json
+
+    import torch
+
+    from utils.build import build_model
+    from utils.config import cfg_to_dict
+
+    cfg = tiny_cfg(name, fold, seed, output_dir)
+    torch.manual_seed(seed)
+    model = build_model(cfg)
+    with torch.no_grad():  # make the runs' outputs clearly different
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    run = output_dir / name / f"fold{fold}" / f"seed{seed}"
+    run.mkdir(parents=True)
+    torch.save({"model": model.state_dict(), "epoch": 1}, run / "checkpoint.pth")
+    (run / "config.json").write_text(json.dumps(cfg_to_dict(cfg)))
+    return run

@@ -1,7 +1,4 @@
 """Inference (SPEC 10): run folders -> a valid submission equal to running the models by hand; clear errors."""
-import json
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,35 +7,11 @@ import torch
 from data.signal import LABEL_COLS
 from utils import blend
 from utils.build import build_dataset, build_model
-from utils.config import apply_overrides, cfg_to_dict, load_config
 from utils.io import DataError, run_cli
 from utils.metric import softmax
 
+from conftest import make_run, tiny_cfg, write_recording
 from scripts import predict
-
-TINY = {"cfg_5a": ["--backbone", "test_efficientnet", "--pretrained", "False"],
-        "cfg_2a": ["--frontend_filters", "16", "--sq_dim", "32", "--sq_layers", "1"]}
-
-
-def tiny_cfg(name, fold=0, seed=1, output_dir="out"):
-    cfg = apply_overrides(load_config(name), TINY[name])
-    cfg.fold, cfg.seed, cfg.output_dir = fold, seed, str(output_dir)
-    return cfg
-
-
-def make_run(output_dir: Path, name: str, fold: int, seed: int) -> Path:
-    """A run folder as train.py writes it: randomly initialised model (seeded), resolved config."""
-    cfg = tiny_cfg(name, fold, seed, output_dir)
-    torch.manual_seed(seed)
-    model = build_model(cfg)
-    with torch.no_grad():  # make the runs' outputs clearly different
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    run = output_dir / name / f"fold{fold}" / f"seed{seed}"
-    run.mkdir(parents=True)
-    torch.save({"model": model.state_dict(), "epoch": 1}, run / "checkpoint.pth")
-    (run / "config.json").write_text(json.dumps(cfg_to_dict(cfg)))
-    return run
 
 
 @pytest.fixture
@@ -125,3 +98,18 @@ def test_check_submission_rejects_bad_rows():
         predict.check_submission(ok, [1, 3], ["eeg_id", *LABEL_COLS])
     with pytest.raises(DataError, match="columns"):
         predict.check_submission(ok[["eeg_id", *LABEL_COLS[::-1]]], [1, 2], ["eeg_id", *LABEL_COLS])
+
+
+def test_kaggle_test_recording_not_50_s_is_scored_as_before_with_a_warning(tiny_data, runs, tmp_path, capsys):
+    """A 75 s test file: its first 50 s scored (as Kaggle's 50 s files are); a 30 s one: zero-padded."""
+    out, made = runs
+    write_recording(tiny_data / "test_eegs" / "2000.parquet", 200 * 75, seed=10)
+    write_recording(tiny_data / "test_eegs" / "2001.parquet", 200 * 30, seed=11)
+    sub_path = tmp_path / "sub.csv"
+    assert run_cli(predict.main, ["--data-dir", str(tiny_data), "--output-dir", str(out), "--out", str(sub_path),
+                                  "--num-workers", "0"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: eeg 2000: 75.0 s long; only its first 50 s is scored" in err and "--recording" in err
+    assert "warning: eeg 2001: 30.0 s long, shorter than the 50 s window: zero-padded by 20.0 s" in err
+    sub = pd.read_csv(sub_path)
+    np.testing.assert_allclose(sub[LABEL_COLS].to_numpy(), by_hand(made, tiny_data, [2000, 2001]), atol=1e-5)

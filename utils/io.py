@@ -121,6 +121,11 @@ def one_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def warn(message: str) -> None:
+    """A one-line warning on stderr (input that is scored, but not as the user may assume)."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main, argv=None) -> int:
     """Run a script's main; data/config errors print one line on stderr and exit 2."""
     from utils.config import ConfigError
