@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full reproduction (docs/solution.md section 8): 9 configs x (folds 0-3 with seeds 1001, 1002 +
+# The full reproduction (docs/solution.md §8): 9 configs x (folds 0-3 with seeds 1001, 1002 +
 # fold -1 with seeds 2001..2008) = 144 train.py runs, here (one at a time or one per GPU) or as a SLURM
 # job array. The list of runs, their states and the runners live in utils/sweep.py (and utils/slurm.py).
 #

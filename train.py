@@ -1,4 +1,4 @@
-"""Train one config on one fold with one seed (docs/solution.md sections 7-8).
+"""Train one config on one fold with one seed (docs/solution.md §§7-8).
 
     python train.py -C cfg_5a --fold 0 [--seed 7] [--any_config_field value ...] [--resume] [--force]
     torchrun --nproc_per_node 4 train.py -C cfg_5a --fold 0      # one run on 4 GPUs (DDP)

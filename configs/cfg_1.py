@@ -1,4 +1,4 @@
-"""cfg_1 (SPEC 7): mdl_1, 16 mels stacked vertically into a 1-channel image for mixnet_xl; no AMP."""
+"""cfg_1 (docs/solution.md §7): mdl_1, 16 mels stacked vertically into a 1-channel image for mixnet_xl; no AMP."""
 import copy
 
 from configs.default_config import basic_cfg

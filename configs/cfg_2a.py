@@ -1,5 +1,5 @@
 """cfg_2a: raw-EEG model mdl_2 on ds_2 with the vote-count curriculum, butter_order 1
-(docs/solution.md sections 5-7)."""
+(docs/solution.md §§5-7)."""
 import copy
 
 from configs.default_config import basic_cfg

@@ -1,4 +1,4 @@
-"""cfg_3 (SPEC 7): mdl_3, three views per channel, left channels first, mixnet_l with a fresh stem."""
+"""cfg_3 (docs/solution.md §7): mdl_3, three views per channel, left channels first, mixnet_l with a fresh stem."""
 import copy
 
 from configs.default_config import basic_cfg

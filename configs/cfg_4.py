@@ -1,4 +1,4 @@
-"""cfg_4 (SPEC 7): mdl_4, zoom of 2800 samples (n_fft 2048, win 32, hop 8) spliced into the main mel."""
+"""cfg_4 (docs/solution.md §7): mdl_4, zoom of 2800 samples (n_fft 2048, win 32, hop 8) spliced into the main mel."""
 import copy
 
 from configs.default_config import basic_cfg

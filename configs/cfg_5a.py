@@ -1,4 +1,4 @@
-"""cfg_5a (SPEC 7): mdl_4 on ds_1 (center jitter), zoom 2400 samples at win 16 / hop 4 -> image width 852."""
+"""cfg_5a (docs/solution.md §7): mdl_4 on ds_1 (center jitter), zoom 2400 samples at win 16 / hop 4 -> image width 852."""
 import copy
 
 from configs.default_config import basic_cfg

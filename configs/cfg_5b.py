@@ -1,4 +1,4 @@
-"""cfg_5b (SPEC 7): cfg_5a with drop_rate 0.3."""
+"""cfg_5b (docs/solution.md §7): cfg_5a with drop_rate 0.3."""
 import copy
 
 from configs.cfg_5a import cfg as parent

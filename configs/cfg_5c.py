@@ -1,4 +1,4 @@
-"""cfg_5c (SPEC 7): cfg_5a with channel-dropout probability 0.7."""
+"""cfg_5c (docs/solution.md §7): cfg_5a with channel-dropout probability 0.7."""
 import copy
 
 from configs.cfg_5a import cfg as parent

@@ -1,4 +1,4 @@
-"""cfg_5d (SPEC 7): cfg_5a with the zoom mel at win 8 / hop 2; batch 8 with 4 accumulation steps."""
+"""cfg_5d (docs/solution.md §7): cfg_5a with the zoom mel at win 8 / hop 2; batch 8 with 4 accumulation steps."""
 import copy
 
 from configs.cfg_5a import cfg as parent

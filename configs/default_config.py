@@ -1,7 +1,7 @@
 """Values shared by every config; a config module deep-copies `basic_cfg` and states what differs.
 
 Field names here are the contract between configs, datasets (data/ds_*.py), models (models/mdl_*.py)
-and train.py; SPEC section 7 gives the values.
+and train.py; docs/solution.md §7 gives the values.
 """
 from types import SimpleNamespace
 
@@ -25,7 +25,7 @@ cfg.seed = -1  # -1: draw a random seed (and record it)
 cfg.label_cols = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
 cfg.n_classes = 6
 
-# --- signal window and preprocessing (SPEC section 5) ---------------------------------------------
+# --- signal window and preprocessing (docs/solution.md §5) ---------------------------------
 cfg.sample_rate = 200
 cfg.window_len = 10_000  # 50 s
 cfg.shift_max = 3333  # training-time window shift, samples either side
@@ -59,7 +59,7 @@ cfg.top_db = None  # dB floor below the batch-wide max (mdl_4: 100)
 cfg.channels_last = False  # 2D models: backbone weights and input image in channels_last memory format
 cfg.compile = False  # torch.compile the whole model's forward in place (state dict keys unchanged)
 
-# --- optimisation (SPEC section 7) ----------------------------------------------------------------
+# --- optimisation (docs/solution.md §7) ----------------------------------------------------
 cfg.optimizer = "Adam"
 cfg.weight_decay = 0.0
 cfg.schedule = "cosine"  # cosine decay to 0, no warm-up, stepped every iteration

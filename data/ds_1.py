@@ -1,4 +1,4 @@
-"""Dataset of the mel-spectrogram models (SPEC 5): double banana, causal band-pass 0.5-20 Hz, clip, scale.
+"""Dataset of the mel-spectrogram models (docs/solution.md §5): double banana, causal band-pass 0.5-20 Hz, clip, scale.
 
 Training: window shift (data/base.py), left/right electrode swap, band augmentation and, in ds_1
 only, a jitter of `center` (the zoom target of mdl_4). ds_1a is this class with the jitter off.

@@ -1,4 +1,4 @@
-"""ds_2: the raw-signal dataset of the 1D model (mdl_2), docs/solution.md section 5.
+"""ds_2: the raw-signal dataset of the 1D model (mdl_2), docs/solution.md §5.
 
 Order of operations per window, the reference's: montage -> NaN to 0 -> [train] time reversal ->
 [train] hemisphere swap (even <-> odd bipolar channels) -> causal band-pass (order cfg.butter_order,

@@ -1,4 +1,4 @@
-"""Patient-grouped, class-stratified folds (SPEC 4): every patient's rows land in one fold."""
+"""Patient-grouped, class-stratified folds (docs/solution.md §4): every patient's rows land in one fold."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Row selection of SPEC 4 (the reference's filter_train), vectorised.
+"""Row selection of docs/solution.md §4 (the reference's filter_train), vectorised.
 
 Within a group (same eeg_id and exact vote vector) the kept row is the one whose 600 s spectrogram
 window overlaps most with the group's windows. With integer offsets the bin-counting definition
@@ -66,7 +66,7 @@ def select_rows(df: pd.DataFrame, filter_ct: int, one_per_eeg: bool) -> pd.DataF
 
 
 def write_training_sets(data_dir) -> dict:
-    """train_folded.csv -> the three selections of SPEC 4; returns {file name: rows written}."""
+    """train_folded.csv -> the three selections of docs/solution.md §4; returns {file name: rows written}."""
     data_dir = Path(data_dir)
     df = read_csv_checked(data_dir / "train_folded.csv", required=(*REQUIRED, "fold"), what="folded train csv")
     counts = {}

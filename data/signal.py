@@ -1,4 +1,4 @@
-"""EEG layout, double-banana montage, left/right flip and the causal Butterworth band-pass (SPEC 1, 5).
+"""EEG layout, double-banana montage, left/right flip and the causal Butterworth band-pass (docs/solution.md §§1, 5).
 
 Written once here; the datasets, the synthetic generator, inference and the plots import it.
 """
@@ -39,7 +39,7 @@ BIPOLAR_FLIP = np.arange(16).reshape(8, 2)[:, ::-1].reshape(-1)
 # Electrodes the montage reads (19 EEG electrodes minus Fz, Cz, Pz): a window is silent when all are NaN.
 MONTAGE_ELECTRODES = np.union1d(MONTAGE_A, MONTAGE_B)
 
-# Spectrogram chains of the competition's spectrogram files (SPEC 1).
+# Spectrogram chains of the competition's spectrogram files (docs/solution.md §1).
 CHAINS = {"LL": ["Fp1", "F7", "T3", "T5", "O1"], "RL": ["Fp2", "F8", "T4", "T6", "O2"],
           "LP": ["Fp1", "F3", "C3", "P3", "O1"], "RP": ["Fp2", "F4", "C4", "P4", "O2"]}
 

@@ -4,7 +4,7 @@ Why synthetic: the Kaggle data cannot ship with the project, yet every script mu
 and a small model must be able to learn something in a few CPU epochs. Each labelled group of
 sub-windows gets latent class probabilities; the EEG carries each class's pattern with an amplitude
 that grows with its probability (so the latent is recoverable from the signal), the votes are
-multinomial draws from it with the totals of SPEC 3, and the latent goes to synthetic_latent.csv
+multinomial draws from it with the totals of docs/solution.md §3, and the latent goes to synthetic_latent.csv
 for the oracle KL. Randomness: one SeedSequence child per patient, so a patient's data does not
 depend on how many patients are generated; ids come from the master generator.
 """
@@ -32,7 +32,7 @@ DATASET_FILES = ["train.csv", "test.csv", "sample_submission.csv", "synthetic_la
                  "synthetic_test_latent.csv"]
 DATASET_DIRS = ["train_eegs", "train_spectrograms", "test_eegs", "test_spectrograms"]
 
-# --- label model (SPEC 3) ---------------------------------------------------------------------------
+# --- label model (docs/solution.md §3) -----------------------------------------------------
 SEIZURE, LPD, GPD, LRDA, GRDA, OTHER = range(6)
 LOW_TOTALS = {1: 0.19, 2: 0.10, 3: 0.33, 4: 0.025, 5: 0.015, 6: 0.015}
 HIGH_FRACTION = 0.32 / (0.32 + sum(LOW_TOTALS.values()))

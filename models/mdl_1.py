@@ -1,4 +1,4 @@
-"""mdl_1 (SPEC 6): 16 per-channel mels stacked vertically into one image -> mixnet_xl (in_chans 1) -> GeM -> 6."""
+"""mdl_1 (docs/solution.md §6): 16 per-channel mels stacked vertically into one image -> mixnet_xl (in_chans 1) -> GeM -> 6."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""mdl_2: the raw-EEG model (docs/solution.md section 6): 2D-conv front end over (montage row, time)
+"""mdl_2: the raw-EEG model (docs/solution.md §6): 2D-conv front end over (montage row, time)
 with CBAM, GeM over the rows, 3 Squeezeformer blocks with rotary attention, GeM over time, Linear(128, 6).
 
 As in the reference, one GeM module pools both the 14 montage rows and time, so its single trainable

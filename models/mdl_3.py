@@ -1,6 +1,6 @@
-"""mdl_3 (SPEC 6): per-channel mel, three views, left channels first -> mixnet_l with a fresh stem -> GeM -> 6.
+"""mdl_3 (docs/solution.md §6): per-channel mel, three views, left channels first -> mixnet_l with a fresh stem -> GeM -> 6.
 
-The views are formed on the dB mel of each bipolar channel (SPEC lists them after the mel): the
+The views are formed on the dB mel of each bipolar channel (docs/solution.md lists them after the mel): the
 channel, minus the mean of the other 15, minus the mean of its two partner channels. Channel dropout
 then zeroes all three views of a dropped channel.
 """
@@ -10,7 +10,7 @@ import torch
 
 from models import mdl_1
 
-# partner pairs by bipolar channel index (SPEC 6)
+# partner pairs by bipolar channel index (docs/solution.md §6)
 PARTNERS = [(2, 8), (3, 9), (4, 0), (5, 1), (6, 2), (7, 3), (14, 4), (15, 5),
             (10, 0), (11, 1), (12, 8), (13, 9), (14, 10), (15, 11), (6, 12), (7, 13)]
 LEFT_FIRST = list(range(0, 16, 2)) + list(range(1, 16, 2))  # even = left hemisphere

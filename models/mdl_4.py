@@ -1,4 +1,4 @@
-"""mdl_4 (SPEC 6): mdl_3 without the left/right reorder, plus a high-time-resolution zoom on the label centre.
+"""mdl_4 (docs/solution.md §6): mdl_3 without the left/right reorder, plus a high-time-resolution zoom on the label centre.
 
 The zoom mel of `enlarge_len` samples around `center` replaces 2b columns of the main mel around
 column c = floor(w * center / 10000); both steps are batched gathers (no loop over samples).

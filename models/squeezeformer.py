@@ -1,4 +1,4 @@
-"""Squeezeformer blocks with Llama-style rotary attention (mdl_2, docs/solution.md section 6), no
+"""Squeezeformer blocks with Llama-style rotary attention (mdl_2, docs/solution.md §6), no
 transformers dependency.
 
 One RotaryEmbedding is shared by all blocks (the reference's 40,000 extra trainable parameters are

@@ -1,4 +1,4 @@
-"""Fit the blend weights and class bias on the configs' out-of-fold logits (SPEC 9) and save them.
+"""Fit the blend weights and class bias on the configs' out-of-fold logits (docs/solution.md §9) and save them.
 
     python scripts/blend_weights.py [--data-dir datamount] [--output-dir output] [--configs cfg_1 cfg_5a]
                                     [--first-seed-only] [--out output/blend_weights.json]

@@ -1,4 +1,4 @@
-"""train_folded.csv -> train_folded_6k6.csv, _6k6c.csv, _6k6c_1up.csv (SPEC 4 row selection)."""
+"""train_folded.csv -> train_folded_6k6.csv, _6k6c.csv, _6k6c_1up.csv (docs/solution.md §4 row selection)."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,4 @@
-"""The blend (SPEC 9): recovers known weights, lowers the KL, aligns seeds/folds by id, names what is missing."""
+"""The blend (docs/solution.md §9): recovers known weights, lowers the KL, aligns seeds/folds by id, names what is missing."""
 import json
 import subprocess
 import sys

@@ -1,10 +1,10 @@
-"""Configs cfg_1, cfg_3, cfg_4, cfg_5a-d hold SPEC 7's values; 5b-d differ from 5a only where SPEC says."""
+"""Configs cfg_1, cfg_3, cfg_4, cfg_5a-d hold docs/solution.md §7's values; 5b-d differ from 5a only where docs/solution.md says."""
 import pytest
 
 from utils.build import build_dataset, build_model
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config
 
-# SPEC 7: model, dataset, train file, backbone, epochs, lr, batch, grad accum, clip, AMP
+# docs/solution.md §7: model, dataset, train file, backbone, epochs, lr, batch, grad accum, clip, AMP
 TABLE = {
     "cfg_1": ("mdl_1", "ds_1a", "train_folded_6k6c.csv", "mixnet_xl", 12, 1.2e-3, 8, 4, 20, False),
     "cfg_3": ("mdl_3", "ds_1a", "train_folded_6k6c.csv", "mixnet_l", 12, 1.2e-3, 32, 1, 20, True),

@@ -1,4 +1,4 @@
-"""ds_1 / ds_1a (docs/solution.md section 5): validation output against a plain step-by-step computation,
+"""ds_1 / ds_1a (docs/solution.md §5): validation output against a plain step-by-step computation,
 augmentations, fallbacks."""
 import numpy as np
 import pandas as pd
@@ -12,7 +12,7 @@ from data.signal import LABEL_COLS, band_aug_params
 from utils.config import ConfigError, load_config
 from utils.io import DataError
 
-# docs/solution.md section 5, written out here on purpose (not imported): the double banana and the
+# docs/solution.md §5, written out here on purpose (not imported): the double banana and the
 # left/right pairs
 BANANA = ["Fp1-F7", "Fp2-F8", "F7-T3", "F8-T4", "T3-T5", "T4-T6", "T5-O1", "T6-O2",
           "Fp1-F3", "Fp2-F4", "F3-C3", "F4-C4", "C3-P3", "C4-P4", "P3-O1", "P4-O2"]

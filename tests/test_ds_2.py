@@ -47,7 +47,7 @@ def plain_input(data_dir, eeg_id, start, order=1, low=1.6, high=30.0):
 
 @pytest.mark.parametrize("epoch, low_w, mid_w", [(0, 0.3, 0.5), (15, 0.3 * 0.4, 0.5 * 0.4), (29, 0.02, 0.02)])
 def test_curriculum_weights_by_hand(tiny_data, epoch, low_w, mid_w):
-    # docs/solution.md section 5: factor (1 - 1.2 e / E), E = 30: e 15 -> 0.4; e 29 -> -0.16, so both floored at 0.02
+    # docs/solution.md §5: factor (1 - 1.2 e / E), E = 30: e 15 -> 0.4; e 29 -> -0.16, so both floored at 0.02
     df = pd.concat([rows(tiny_data)] * 2, ignore_index=True).iloc[:9].copy()
     totals = [0, 1, 2, 3, 5, 7, 8, 9, 13]
     votes = np.zeros((9, 6), dtype=int)

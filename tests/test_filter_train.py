@@ -1,4 +1,4 @@
-"""Row selection (SPEC 4) on hand-built tables whose answers are derived by hand in the comments."""
+"""Row selection (docs/solution.md §4) on hand-built tables whose answers are derived by hand in the comments."""
 import time
 
 import numpy as np
@@ -64,7 +64,7 @@ def test_one_per_eeg_uses_first_group_after_filtering():
 
 
 def bin_count_overlap(offsets):
-    """The SPEC's definition, literally: count coverage per one-second bin, sum over a row's bins."""
+    """docs/solution.md's definition, literally: count coverage per one-second bin, sum over a row's bins."""
     offsets = np.asarray(offsets)
     cover = np.zeros(offsets.max() + 600, dtype=np.int64)
     for o in offsets:

@@ -1,4 +1,4 @@
-"""mdl_1, mdl_3, mdl_4 (SPEC 6): parameter counts, images, views, zoom splice, top_db quirk, dropout, weights.
+"""mdl_1, mdl_3, mdl_4 (docs/solution.md §6): parameter counts, images, views, zoom splice, top_db quirk, dropout, weights.
 
 Tests that are not about the real backbone swap in timm's tiny 'test_efficientnet' to stay fast.
 """
@@ -186,7 +186,7 @@ def test_local_weights_file_and_fresh_stem(tmp_path):
     assert torch.all(model.backbone.blocks[0][0].conv.weight == 0.125)
     stem = model.backbone.conv_stem
     assert stem.bias is None and stem.stride == (2, 2) and stem.padding == (1, 1) and stem.in_channels == 3
-    assert not torch.all(stem.weight == 0.125)  # SPEC 6: mdl_3/4 stems are freshly initialised
+    assert not torch.all(stem.weight == 0.125)  # docs/solution.md §6: mdl_3/4 stems are freshly initialised
     with pytest.raises(backbone_mod.PretrainedWeightsError, match=r"nope\.pth: pretrained_weights file not found"):
         build_model(cfg_of("cfg_3", pretrained_weights=str(tmp_path / "nope.pth")))
 

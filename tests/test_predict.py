@@ -1,4 +1,4 @@
-"""Inference (SPEC 10): run folders -> a valid submission equal to running the models by hand; clear errors."""
+"""Inference (docs/solution.md §10): run folders -> a valid submission equal to running the models by hand; clear errors."""
 import numpy as np
 import pandas as pd
 import pytest

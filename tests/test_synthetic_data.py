@@ -168,7 +168,7 @@ def test_seizure_frequency_rises():
 
 def test_vote_statistics_near_spec():
     recs = [r for s in np.random.SeedSequence(11).spawn(1500) for r in plan_patient(s)]
-    votes = np.array([r.groups[0].votes for r in recs])  # one row per eeg, as SPEC 3 counts
+    votes = np.array([r.groups[0].votes for r in recs])  # one row per eeg, as docs/solution.md §3 counts
     n = votes.sum(1)
     share = lambda lo, hi: np.mean((n >= lo) & (n <= hi))  # noqa: E731
     assert abs(share(1, 1) - 0.19) < 0.03 and abs(share(2, 2) - 0.10) < 0.03

@@ -1,4 +1,4 @@
-"""The blend of SPEC 9: collect each config's out-of-fold logits, fit weights + class bias, score them.
+"""The blend of docs/solution.md §9: collect each config's out-of-fold logits, fit weights + class bias, score them.
 
 Reused by scripts/blend_weights.py (fit and report), scripts/predict.py (read the weights) and the demo.
 The fit is vectorised over the 5 KFold splits: one SGD step updates all 5 independent (w, c) pairs at

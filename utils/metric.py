@@ -1,4 +1,4 @@
-"""The competition metric (SPEC 2): Kaggle's micro-averaged KL divergence, written once."""
+"""The competition metric (docs/solution.md §2): Kaggle's micro-averaged KL divergence, written once."""
 from __future__ import annotations
 
 import numpy as np

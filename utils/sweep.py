@@ -1,7 +1,7 @@
 """The training sweep: which runs there are, the state of each, and one runner for them.
 
 The full reproduction is 9 configs x (folds 0-3 with seeds 1001, 1002 + fold -1 with seeds 2001-2008)
-= 144 runs with fixed seeds (docs/solution.md section 8). `make_runs` is the only place that list is
+= 144 runs with fixed seeds (docs/solution.md §8). `make_runs` is the only place that list is
 written; `run_state` of utils/checkpoint is the only rule for whether a run is finished. The local
 runner (`run_jobs`: N train.py processes at a time, env vars per slot) serves ./run_train.sh and the
 demo; utils/slurm.py turns the same list into a SLURM job array.
