@@ -181,7 +181,7 @@ def test_configs_and_bad_order(tiny_data):
     assert (a["butter_order"], b["butter_order"]) == (1, 2)
     section7 = dict(model="mdl_2", dataset="ds_2", train_df="train_folded_6k6c_1up.csv", epochs=30, lr=1e-3,
                     batch_size=64, grad_accumulation=3, clip_grad=4.0, mixed_precision=True, eval_epochs=2,
-                    reload_train_loader=True, optimizer="Adam", weight_decay=0.0, schedule="cosine", pool="gem")
+                    reload_train_loader=False, optimizer="Adam", weight_decay=0.0, schedule="cosine", pool="gem")
     assert {k: a[k] for k in section7} == section7
     section5 = dict(butter_low=1.6, butter_high=30.0, time_reverse_p=0.5, flip_p=0.5, band_aug_p=0.2,
                     band_aug_max_channels=8, band_aug_low=[1.6, 2.0], band_aug_high=[10, 30], shift_max=3333,
