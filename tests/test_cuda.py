@@ -23,9 +23,9 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(DEVICE.type == "cuda" and not torch.cuda.is_available(), reason="no CUDA device")]
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {"mdl_1": "cfg_1", "mdl_2": "cfg_2a", "mdl_3": "cfg_3", "mdl_4": "cfg_5a"}
-# |logit(amp) - logit(fp32)| <= atol + rtol |logit(fp32)| for randomly initialised real-size models
-# (on the CPU, bf16 autocast gives at most 0.03 on these models; fp16 is ~8x closer)
-TOL = {"float16": dict(atol=0.05, rtol=0.05), "bfloat16": dict(atol=0.15, rtol=0.1)}
+# |logit(amp) - logit(fp32)| <= atol + rtol |logit(fp32)|, real-size random-init models in train mode
+# without dropout (logits up to ~1); measured on the CPU: fp16 at most 0.002, bf16 at most 0.016
+TOL = {"float16": dict(atol=0.01, rtol=0.01), "bfloat16": dict(atol=0.05, rtol=0.05)}
 
 
 def real_cfg(name, **kw):
@@ -34,6 +34,13 @@ def real_cfg(name, **kw):
     for k, v in kw.items():
         setattr(cfg, k, v)
     return cfg
+
+
+def no_dropout_cfg(name, **kw):
+    """Deterministic in train mode: batch statistics keep a random-init model's activations at a
+    trained model's scale (its eval-mode running stats would let them grow to logits of ~1e3)."""
+    return real_cfg(name, drop_rate=0.0, drop_path_rate=0.0, channel_dropout_p=0.0, sq_dropout=0.0, input_dropout=0.0,
+                    **kw)
 
 
 def make_batch(cfg, b=2, seed=0):
@@ -73,7 +80,7 @@ def test_training_steps_are_finite(family, amp_dtype):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_amp_logits_close_to_fp32(family):
     torch.manual_seed(0)
-    model = build_model(real_cfg(FAMILIES[family])).to(DEVICE).eval()
+    model = build_model(no_dropout_cfg(FAMILIES[family])).to(DEVICE).train()
     batch = make_batch(model.cfg)
     precision.setup_backend(DEVICE)
     with torch.no_grad():
@@ -84,12 +91,12 @@ def test_amp_logits_close_to_fp32(family):
             torch.testing.assert_close(out, ref, **TOL[amp_dtype])
 
 
-def test_compiled_channels_last_step_is_finite_and_equal_in_eval():
+def test_compiled_channels_last_equals_eager_and_trains():
     torch.manual_seed(0)
-    ref = build_model(real_cfg("cfg_5a")).to(DEVICE).eval()
-    model = build_model(real_cfg("cfg_5a", compile=True, channels_last=True)).to(DEVICE)
+    ref = build_model(no_dropout_cfg("cfg_5a")).to(DEVICE).train()
+    model = build_model(no_dropout_cfg("cfg_5a", compile=True, channels_last=True)).to(DEVICE)
     model.load_state_dict(ref.state_dict())
-    maybe_compile(model, model.cfg).eval()
+    maybe_compile(model, model.cfg).train()
     batch = make_batch(ref.cfg)
     with torch.no_grad():
         torch.testing.assert_close(model(batch)["logits"], ref(batch)["logits"], rtol=1e-3, atol=1e-3)
