@@ -69,3 +69,11 @@ def test_prepare_batch_on_loader_batches_equals_a_dataset_rebuilt_per_epoch(tiny
     assert batch["vote_sum"].dtype == torch.float32 and batch["vote_sum"].tolist() == df["other_vote"].tolist()
     val = CustomDataset(df, cfg, mode="val")
     assert float(val[5]["vote_sum"]) == 8.0 and float(val[5]["label_weight"]) == 1.0
+
+
+def test_batch_hook_is_ds_2_prepare_batch_and_a_no_op_elsewhere():
+    from utils.build import batch_hook
+
+    assert batch_hook(load_config("cfg_2a")) is prepare_batch
+    batch = {"input": torch.zeros(2, 3)}
+    assert batch_hook(load_config("cfg_5a"))(batch, load_config("cfg_5a"), 3) is batch and list(batch) == ["input"]

@@ -31,3 +31,13 @@ def build_dataset(df, cfg, mode: str = "train"):
 
 def build_model(cfg):
     return model_module(cfg).Net(cfg)
+
+
+def _no_hook(batch: dict, cfg, epoch: int) -> dict:
+    return batch
+
+
+def batch_hook(cfg):
+    """The dataset module's training-step hook `prepare_batch(batch, cfg, epoch) -> batch` (ds_2: the
+    curriculum weights for the epoch), or a no-op for datasets without one."""
+    return getattr(dataset_module(cfg), "prepare_batch", _no_hook)
