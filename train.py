@@ -49,10 +49,11 @@ from utils import checkpoint as ckpt  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
 from utils import step as opt_step  # noqa: E402
-from utils.build import build_dataset, build_model, dataset_module  # noqa: E402
+from utils.build import batch_hook, build_dataset, build_model  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
 from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
                       require_dir, run_cli)
+from utils.memory import cpu_warning  # noqa: E402
 from utils.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup_backend  # noqa: E402
 from utils.speed import maybe_compile  # noqa: E402
 from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
@@ -321,6 +322,8 @@ class Run(SimpleNamespace):
 def build(cfg, opts, info, log) -> Run:
     """Rows, seed, run folder, model, optimiser, schedule and precision of a new or resumed run."""
     train_df, val_df = read_rows(cfg)
+    if info.device.type == "cpu" and (note := cpu_warning(cfg, len(train_df))):
+        log(note)  # a GPU-sized config on a CPU: how much memory and time, and how to make it small
     n_steps = steps_per_epoch(len(train_df), cfg, info)
     if n_steps == 0:
         raise ConfigError(f"bad value for --batch_size: {cfg.batch_size} x {info.world_size} process(es) is more "
@@ -333,7 +336,7 @@ def build(cfg, opts, info, log) -> Run:
     r.amp = resolve_amp_dtype(cfg, info.device)
     setup_backend(info.device, r.amp)
     r.model = maybe_compile(build_model(cfg).to(info.device), cfg)
-    r.prepare_batch = getattr(dataset_module(cfg), "prepare_batch", None)  # e.g. ds_2's curriculum weights
+    r.prepare_batch = batch_hook(cfg)  # e.g. ds_2's curriculum weights for the epoch, set on the device
     fused = {"fused": True} if info.device.type == "cuda" else {"foreach": True}  # same update, fewer kernels
     r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
     r.scheduler = cosine_schedule(r.optimizer, cfg.epochs * n_steps)
@@ -388,8 +391,7 @@ def train_epoch(r: Run, net, epoch: int) -> dict:
         stepping = r.step % cfg.grad_accumulation == 0
         sync = contextlib.nullcontext() if stepping or not info.distributed else net.no_sync()
         batch = to_device(batch, info.device)
-        if r.prepare_batch is not None:
-            batch = r.prepare_batch(batch, cfg, epoch)
+        batch = r.prepare_batch(batch, cfg, epoch)
         with sync:
             with r.autocast():
                 loss = net(batch)["loss"]

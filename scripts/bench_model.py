@@ -190,7 +190,7 @@ def bench_one(args, rest) -> dict:
     if args.amp_dtype:
         cfg.amp_dtype = args.amp_dtype
     amp_dtype = precision.resolve_amp_dtype(cfg, device)
-    precision.setup_backend(device)
+    precision.setup_backend(device, amp_dtype)
     torch.manual_seed(0)
     np.random.seed(0)
     bs = args.batch_size or cfg.batch_size

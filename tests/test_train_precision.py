@@ -23,3 +23,13 @@ def test_amp_dtype_trains_on_the_cpu_and_keeps_the_scaler_state(tiny_data, tmp_p
     assert run_cli(train.main, argv + ["--resume"]) == 0
     logits = pd.read_csv(d / "val_logits.csv").iloc[:, 2:].to_numpy()
     assert np.isfinite(logits).all() and ckpt.is_finished(d)
+
+
+def test_a_gpu_sized_config_on_the_cpu_says_what_it_needs_before_training(tiny_data, tmp_path, capsys):
+    argv = ["-C", "cfg_2a", "--fold", "0", "--data_dir", str(tiny_data), "--output_dir", str(tmp_path / "out"),
+            "--neptune_mode", "off"]
+    assert run_cli(train.main, argv) == 2  # batch 64 > the 6 tiny rows: stops before any training ...
+    out = capsys.readouterr().out.strip().splitlines()
+    notes = [ln for ln in out if ln.startswith("note: cfg_2a is sized for a GPU")]
+    assert len(notes) == 1 and " GB " in notes[0] and "min per batch of 64" in notes[0]  # ... after saying so
+    assert "--sq_dim 16" in notes[0] and "--frontend_filters 8" in notes[0]  # and how to make it small
