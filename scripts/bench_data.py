@@ -8,7 +8,6 @@ whole parquet for every sample (what the decoded-once .npy cache of data/eeg_sto
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ import torch  # noqa: E402
 
 from data.signal import EEG_COLUMNS, FS, LABEL_COLS  # noqa: E402
 from utils.build import build_dataset  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import read_csv_checked, read_eeg_parquet, run_cli  # noqa: E402
 
@@ -71,7 +71,7 @@ def rate(ds, n: int) -> float:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-C", "--configs", nargs="+", default=["cfg_5a", "cfg_1", "cfg_2a"],
                     help="configs whose dataset module is measured (default: ds_1 via cfg_5a, ds_1a via cfg_1)")
     ap.add_argument("--data-dir", default=None, help="use this data folder's train csv and train_eegs instead")

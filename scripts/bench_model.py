@@ -35,6 +35,7 @@ import torch.nn as nn  # noqa: E402
 from models import layers  # noqa: E402
 from utils import precision  # noqa: E402
 from utils.build import build_model  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, apply_overrides, available_configs, load_config  # noqa: E402
 from utils.io import run_cli  # noqa: E402
 from utils.speed import maybe_compile  # noqa: E402
@@ -291,7 +292,7 @@ def table(jobs: list[tuple[str, int | None]], variants: list[str], args, rest) -
 
 
 def parse_args(argv):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-C", "--config", nargs="+", default=None, help="config name(s); 'all' for every config")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the config's batch_size")
     ap.add_argument("--steps", type=int, default=5, help="timed steps")

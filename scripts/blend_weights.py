@@ -10,7 +10,6 @@ and writes the JSON that scripts/predict.py reads plus a bar chart of the KLs ne
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -18,12 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import blend  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import run_cli  # noqa: E402
 from utils.metric import oracle_kl  # noqa: E402
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="datamount", help="folder with train_folded_6k6.csv (golden rows)")
     p.add_argument("--output-dir", default="output", help="training runs: <output_dir>/<cfg>/fold<f>/seed<s>/")
     p.add_argument("--configs", nargs="+", default=blend.ALL_CONFIGS, help="configs to blend (default: all nine)")

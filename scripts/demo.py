@@ -28,6 +28,7 @@ import pandas as pd  # noqa: E402
 
 from utils import sweep  # noqa: E402
 from utils.blend import ALL_CONFIGS, BLEND_FILE  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
 from utils.io import DataError, run_cli  # noqa: E402
 from utils.metric import score  # noqa: E402
@@ -61,7 +62,7 @@ def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> lis
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", default="demo", help="holds datamount/ (reused) and one run_<time>/ per demo")
     p.add_argument("--configs", nargs="+", default=ALL_CONFIGS)
     p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])

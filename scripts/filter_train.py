@@ -1,7 +1,6 @@
 """train_folded.csv -> train_folded_6k6.csv, _6k6c.csv, _6k6c_1up.csv (docs/solution.md §4 row selection)."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -9,11 +8,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.selection import write_training_sets  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import require_dir, run_cli  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", default="datamount")
     args = ap.parse_args(argv)
     t0 = time.time()

@@ -1,7 +1,6 @@
 """train.csv -> train_folded.csv with 4 patient-grouped, class-stratified folds (kept if present)."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -9,11 +8,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.folds import FOLD_COLUMNS, make_folds  # noqa: E402
 from data.signal import LABEL_COLS  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import atomic_write_csv, read_csv_checked, require_dir, run_cli  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--data-dir", default="datamount")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-folds", type=int, default=4)

@@ -1,18 +1,18 @@
 """Write a synthetic dataset in the Kaggle layout: python scripts/make_synthetic_data.py [--out datamount]."""
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.synthetic import generate_dataset  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import run_cli  # noqa: E402
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = ArgumentParser(description=__doc__)
     ap.add_argument("--out", default="datamount", help="data folder to write (default: datamount)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-patients", type=int, default=110, help="train patients (about 4.3 eegs each)")

@@ -14,7 +14,6 @@ the demo's smaller mel images); otherwise the config module's.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 from data import recording  # noqa: E402
 from data.signal import CLASSES, FS, LABEL_COLS, MONTAGE_NAMES, WINDOW  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.timeline import nice_number  # noqa: E402
 from utils.build import build_dataset, build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
@@ -34,7 +34,7 @@ from utils.io import DataError, read_csv_checked, require_dir, run_cli  # noqa: 
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--eeg-id", type=int, help="an eeg of the Kaggle layout in --data-dir")
     src.add_argument("--recording", help="one of your own recording files instead")

@@ -21,7 +21,6 @@ in 50 s windows every --stride seconds with the same runs and blend; per recordi
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -43,6 +42,7 @@ from data.signal import FS, LABEL_COLS, WINDOW  # noqa: E402
 from utils import blend, timeline  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils.build import build_dataset, build_model  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import DataError, atomic_write_csv, read_csv_checked, require_dir, run_cli, warn  # noqa: E402
 from utils.metric import softmax  # noqa: E402
 
@@ -54,7 +54,7 @@ RUN_ONLY_KEYS = {"fold", "seed", "output_dir", "epochs", "lr", "batch_size", "ba
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", default="datamount", help="folder with test.csv and test_eegs/")
     p.add_argument("--out", default="submission.csv", help="submission file to write")
     p.add_argument("--output-dir", default="output", help="training runs: <output_dir>/<cfg>/fold<f>/seed<s>/")
