@@ -2,31 +2,15 @@
 config, traced by torch.compile without a graph break, and loading checkpoints of the torchaudio version."""
 import pytest
 import torch
-import torch.nn as nn
-import torchaudio
 
 from models.layers import MelFrontEnd
+from scripts.bench_model import LegacyMel as TorchaudioMel  # the front-end before the rewrite: the reference
 from utils.build import build_model
 from utils.config import available_configs, load_config
 
 MEL_CONFIGS = [n for n in available_configs() if load_config(n).spec_args is not None]
 CASES = [(n, key) for n in MEL_CONFIGS for key in ("spec_args", "spec_args_center")
          if getattr(load_config(n), key, None) is not None]
-
-
-class TorchaudioMel(nn.Module):
-    """The front-end as it was before the rewrite (torchaudio transforms): the reference."""
-
-    def __init__(self, spec_args: dict, top_db=None):
-        super().__init__()
-        args = dict(spec_args, power=2.0, mel_scale="htk", center=True, pad_mode="reflect")
-        self.mel = torchaudio.transforms.MelSpectrogram(**args)
-        self.to_db = torchaudio.transforms.AmplitudeToDB(stype="power", top_db=top_db)
-
-    def forward(self, x):
-        b, c, t = x.shape
-        spec = self.to_db(self.mel(x.float().reshape(b * c, t)))
-        return spec.reshape(b, c, spec.shape[-2], spec.shape[-1])
 
 
 def signal(length, b=2, c=16, seed=0):
