@@ -13,8 +13,8 @@ from utils import slurm, sweep
 from utils.config import ConfigError
 
 RECORD = """#!/usr/bin/env bash
-# records its arguments (NUL-separated, one call after another) and what it was asked to do
-printf '%s\\0' "$@" >> "$RECORD_TO"; printf '\\n' >> "$RECORD_TO"
+# records its arguments (NUL-separated, one call after another; a lock keeps parallel calls apart)
+{{ flock 9; printf '%s\\0' "$@" >> "$RECORD_TO"; printf '\\n' >> "$RECORD_TO"; }} 9>> "$RECORD_TO.lock"
 {extra}
 """
 
