@@ -84,7 +84,7 @@ def test_array_script_runs_each_task_with_its_run_and_exact_arguments(tmp_path):
     todo = sweep.make_runs(["cfg_1", "cfg_2a"], [0, 1, 2, 3], [1001])
     text = slurm.array_script(todo, opts)
     for line in ("#SBATCH --array=0-7%3", "#SBATCH --gres=gpu:2", "#SBATCH --partition=gpu",
-                 "#SBATCH --time=1-00:00:00", "#SBATCH --account=hms", "#SBATCH --cpus-per-task=1",
+                 "#SBATCH --time=1-00:00:00", "#SBATCH --account=hms", "#SBATCH --cpus-per-task=16",
                  f"#SBATCH --output={tmp_path}/out/logs/slurm/train_%A_%a.out", f"#SBATCH --chdir={sweep.ROOT}"):
         assert line in text.splitlines()
     script = tmp_path / "array.sbatch"

@@ -36,10 +36,11 @@ def abs_dir(path) -> Path:
 
 
 def sbatch_lines(opts, name: str, output: str, gpus: int) -> list[str]:
-    """#SBATCH lines shared by both jobs (the blend asks for no GPU)."""
+    """#SBATCH lines shared by both jobs (the blend asks for no GPU). CPUs by default: 8 per GPU, as many as
+    train.py's loader workers (the reference's 8), so the data keeps up; 1 without a GPU."""
     log = abs_dir(opts.output_dir) / "logs" / "slurm" / output
     lines = [f"--job-name={name}", f"--chdir={sweep.ROOT}", f"--output={log}", "--ntasks=1",
-             f"--cpus-per-task={opts.cpus_per_run or 1}"]
+             f"--cpus-per-task={opts.cpus_per_run or (8 * gpus if gpus else 1)}"]
     lines += [f"--gres=gpu:{gpus}"] if gpus else []
     lines += [f"--partition={opts.partition}"] if opts.partition else []
     lines += [f"--time={opts.time}"] if opts.time else []

@@ -17,6 +17,7 @@ Usage (./run_train.sh is this command):
   --shard i/n      every n-th run starting at run i (i = 0..n-1), to split the runs over machines
   --dry-run        print the train.py commands (with --slurm: the sbatch scripts) and exit
   --slurm          submit a job array (one task per unfinished run) and a blend job after it
+                   (CPUs per task: --cpus-per-run, default 8 per GPU for the loader workers, 1 without)
   train.py args    anything else (or everything after --) goes to every train.py call, e.g.
                    --data_dir /data --output_dir /runs --epochs 1
 Finished runs are skipped, interrupted ones resumed. Each run logs to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log;
