@@ -1,5 +1,6 @@
 """A run's bookkeeping: finished means a complete checkpoint, --force never loses the old run, seeds mean the
 same with any worker count, leaking folds are refused, and failures are one line that leave no folder."""
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 import train
+from data.signal import LOGIT_COLS
 from scripts import predict
 from utils import blend
 from utils import checkpoint as ckpt
@@ -60,10 +62,14 @@ def test_interrupted_force_keeps_the_old_run_whole(tiny_data, tmp_path, capsys):
     assert '"epochs": 1' in (d / "config.json").read_text()
     assert ckpt.is_interrupted(ckpt.staging_dir(d))
     # blend and predict agree: the old run is the finished one
-    assert blend.seed_dirs(out, "cfg_2a", 0) == [d] == ckpt.finished_runs(out, "cfg_2a")
+    assert ckpt.finished_runs(out, "cfg_2a") == [d]
     oof, _, n = blend.config_oof(out, "cfg_2a", folds=(0,))
-    assert n == 1 and len(oof) == len(pd.read_csv(d / "val_logits.csv"))
-    assert predict.__name__  # predict finds runs through ckpt.finished_runs, checked above
+    old = pd.read_csv(d / "val_logits.csv")
+    assert n == 1 and oof[LOGIT_COLS].to_numpy().tolist() == old[LOGIT_COLS].to_numpy().tolist()
+    blend_file = tmp_path / "blend.json"
+    blend_file.write_text(json.dumps({"weights": {"cfg_2a": 1.0}, "bias": [0.0] * 6}))
+    _, runs = predict.load_ensemble(out, blend_file, tiny_data)
+    assert [(r, c.epochs) for r, c in runs["cfg_2a"]] == [(d, 1)]  # the old run and its config
     # resuming the retrain finishes it and only then replaces the old run
     run_ok(base + ["--epochs", "2", "--force", "--resume"])
     assert (d / ckpt.FINAL).read_bytes() != old_ckpt and '"epochs": 2' in (d / "config.json").read_text()
@@ -78,7 +84,7 @@ def test_zero_length_checkpoint_is_named_and_trained_again(tiny_data, tmp_path, 
     d = ckpt.run_dir(out, "cfg_2a", 0, 6)
     (d / ckpt.FINAL).write_bytes(b"")  # a power loss before the data reached the disk
     assert ckpt.run_state(d) == ckpt.NOT_STARTED and ckpt.checkpoint_problem(d / ckpt.FINAL) == "zero-length file"
-    assert ckpt.finished_runs(out, "cfg_2a") == [] and blend.seed_dirs(out, "cfg_2a", 0) == []
+    assert ckpt.finished_runs(out, "cfg_2a") == [] and blend.config_oof(out, "cfg_2a", folds=(0,))[0] is None
     capsys.readouterr()
     run_ok(base)  # not finished, so no --force needed
     assert "zero-length" in capsys.readouterr().out and ckpt.is_finished(d)

@@ -27,11 +27,6 @@ GOLDEN_FILE = "train_folded_6k6.csv"
 BLEND_FILE = "blend_weights.json"
 
 
-def seed_dirs(output_dir, config: str, fold: int) -> list[Path]:
-    """Finished run folders of one config and fold (utils/checkpoint.py's rule): only their logits count."""
-    return ckpt.finished_runs(output_dir, config, fold)
-
-
 def unfinished_with_logits(output_dir, config: str, folds) -> list[Path]:
     """Run folders whose val_logits.csv is not backed by a complete checkpoint (named, never blended)."""
     base = Path(output_dir) / config
@@ -52,7 +47,7 @@ def config_oof(output_dir, config: str, folds=BLEND_FOLDS, first_seed_only: bool
     Returns (frame or None, list of missing folds, number of seed runs used)."""
     parts, missing, n_runs = [], [], 0
     for fold in folds:
-        dirs = seed_dirs(output_dir, config, fold)
+        dirs = ckpt.finished_runs(output_dir, config, fold)  # only finished runs' logits count
         if first_seed_only:
             dirs = dirs[:1]
         if not dirs:

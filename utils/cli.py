@@ -6,6 +6,7 @@ a command line moves between train.py, run_train.sh and the scripts without rena
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -21,3 +22,11 @@ class ArgumentParser(argparse.ArgumentParser):
         name, eq, value = token.partition("=")
         alt = "--" + name[2:].replace("_", "-")
         return alt + eq + value if alt in self._option_string_actions else token
+
+
+def shell_quote(arg: str) -> str:
+    """shlex.quote, but double quotes where that reads better (a dict override such as {'n_mels': 16}),
+    for the commands the project prints or writes for a user to run."""
+    if "'" in arg and not any(c in arg for c in '"$`\\!'):
+        return f'"{arg}"'
+    return shlex.quote(arg)

@@ -19,10 +19,7 @@ smaller backbone) has no estimate: it is not a GPU-sized run.
 """
 from __future__ import annotations
 
-import ast
-import json
-import shlex
-
+from utils.cli import shell_quote
 from utils.config import available_configs, load_config
 
 # config -> peak RSS in GiB at two batch sizes, and seconds per training step at one (fp32, CPU above)
@@ -81,20 +78,8 @@ def demo_size_overrides(name: str) -> str:
     keep = []
     for key, value in zip(tokens[::2], tokens[1::2]):
         if key[2:] in DEMO_SIZE_KEYS:
-            keep += [key, shlex.quote(_json_if_plain(value))]
+            keep += [key, shell_quote(value)]
     return " ".join(keep)
-
-
-def _json_if_plain(text: str) -> str:
-    """A dict of numbers and strings as JSON (double quotes read better inside shell quotes);
-    config overrides parse both (ast.literal_eval)."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    if isinstance(value, dict) and all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value.values()):
-        return json.dumps(value)
-    return text
 
 
 def cpu_warning(cfg, n_train_rows: int | None = None) -> str | None:

@@ -24,6 +24,7 @@ from pathlib import Path
 from utils import checkpoint as ckpt
 from utils import sweep
 from utils.blend import BLEND_FILE, BLEND_FOLDS
+from utils.cli import shell_quote
 from utils.config import ConfigError, load_config
 
 ARRAY_FILE, BLEND_JOB_FILE = "train_array.sbatch", "blend.sbatch"
@@ -60,20 +61,13 @@ def bash_array(name: str, items: list[str], comment: str) -> list[str]:
     return [f"{name}=(  # {comment}", *(f"  {item}" for item in items), ")"]
 
 
-def quote(arg: str) -> str:
-    """shlex.quote, but double quotes where that reads better (a dict override such as {'n_mels': 16})."""
-    if "'" in arg and not any(c in arg for c in '"$`\\!'):
-        return f'"{arg}"'
-    return shlex.quote(arg)
-
-
 def grouped_args(args: list[str]) -> list[str]:
     """train.py arguments quoted for bash, one option (with its value) per line."""
     groups: list[list[str]] = []
     for arg in args:
         if arg.startswith("-") or not groups:
             groups.append([])
-        groups[-1].append(quote(arg))
+        groups[-1].append(shell_quote(arg))
     return [" ".join(g) for g in groups]
 
 
