@@ -73,7 +73,8 @@ cfg.mixed_precision = True  # used on CUDA; on CPU only with --cpu_amp True (bfl
 cfg.cpu_amp = False
 cfg.amp_dtype = None  # "float16" / "bfloat16" / "float32" on any device; None: from the two above (utils/precision.py)
 cfg.eval_epochs = 1
-cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (ds_2 curriculum)
+cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (no config needs it: ds_2's
+#                                   curriculum is set per batch by its prepare_batch)
 cfg.curr_epoch = 0  # set by train.py before each (re)build of the train dataset
 cfg.num_workers = 8  # as the reference; train.py takes min(num_workers, cores per process)
 cfg.log_every = 20  # steps between reads of the loss (a host sync) for the progress bar and the tracker

@@ -11,8 +11,9 @@ augmentation (then the band augmentation's own draws when it applies).
 Vote-count curriculum: each item carries its row's vote total (`vote_sum`), and the training step
 turns a batch's totals into `label_weight` for the current epoch with `prepare_batch(batch, cfg,
 epoch)` (on the device, no host sync), so the dataset and loader need not be rebuilt per epoch.
-For a train.py that still rebuilds them, items also carry `label_weight` at cfg.curr_epoch (the same
-function computes it); prepare_batch overwrites it. Validation and test rows weigh 1.0.
+Items also carry `label_weight` at cfg.curr_epoch (the same function computes it): 1.0 for validation
+and test rows, and in training what prepare_batch overwrites (or what a loader rebuilt per epoch with
+`reload_train_loader` uses).
 """
 from __future__ import annotations
 
