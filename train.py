@@ -189,7 +189,7 @@ def val_loader(ds, cfg, info) -> DataLoader:
 @torch.no_grad()
 def predict(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, float | None]:
     """Logits for every row of `ds` in row order, gathered on rank 0 from the ranks' slices."""
-    loader = loader or val_loader(ds, cfg, info)
+    loader = val_loader(ds, cfg, info) if loader is None else loader
     model.eval()
     parts, loss_sum, n = [], torch.zeros((), device=info.device), 0
     for batch in tqdm(loader, desc="validation", disable=not info.is_main, leave=False):
@@ -500,14 +500,13 @@ def train_run(r: Run, opts) -> None:
 def run(cfg, opts, info) -> Path:
     """Build (or restore) and train one run; a run that fails before its first epoch ends leaves no folder."""
     log = print if info.is_main else (lambda *a, **k: None)
-    r = Run(work=None)
+    r = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
     try:
-        r = build(cfg, opts, info, log)
         if opts["resume"]:
             restore(r)
         train_run(r, opts)
     except BaseException:
-        if r.work is not None and r.created and info.is_main and not (r.work / ckpt.RESUME).exists() and not ckpt.is_finished(r.work):
+        if r.created and info.is_main and not (r.work / ckpt.RESUME).exists() and not ckpt.is_finished(r.work):
             shutil.rmtree(r.work, ignore_errors=True)
         raise
     return r.final
