@@ -166,3 +166,38 @@ def test_channels_last_and_compile_keep_logits_and_state_dict_keys():
     with torch.no_grad():
         torch.testing.assert_close(model(batch)["logits"], ref(batch)["logits"], rtol=1e-4, atol=1e-5)
     assert maybe_compile(ref, ref.cfg) is ref and ref._compiled_call_impl is None  # off: untouched
+
+
+class ConvDtypes(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records (groups, input dtype) of every aten convolution and its backward, as the kernels receive them."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten.convolution.default:
+            self.seen.add((int(args[8]) > 1, args[0].dtype))
+        elif func is torch.ops.aten.convolution_backward.default:
+            self.seen.add((int(args[9]) > 1, args[1].dtype))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("name", ["cfg_1", "cfg_2a", "cfg_3", "cfg_5a"])
+def test_cpu_fp16_runs_grouped_convolutions_in_float32_and_the_rest_in_float16(name):
+    """torch 2.11's CPU float16 grouped/depthwise convolutions take minutes per call on AVX512-FP16 Xeons: under
+    CPU fp16 autocast no grouped convolution (forward or backward) may receive float16, while dense ones still do."""
+    cfg = small_cfg(name)
+    model = build_model(cfg).train()
+    batch = make_batch(cfg, b=2)
+    with ConvDtypes() as rec:
+        with precision.autocast_ctx("float16", CPU)():
+            loss = model(batch)["loss"]
+        loss.backward()
+    grouped = {dtype for is_grouped, dtype in rec.seen if is_grouped}
+    dense = {dtype for is_grouped, dtype in rec.seen if not is_grouped}
+    assert grouped == {torch.float32}  # every family has grouped convolutions (depthwise in the backbones)
+    assert torch.float16 in dense
+    with ConvDtypes() as rec, precision.autocast_ctx("bfloat16", CPU)():
+        model(batch)
+    assert {dtype for is_grouped, dtype in rec.seen if is_grouped} == {torch.bfloat16}  # only fp16 is special

@@ -30,7 +30,12 @@ def build_dataset(df, cfg, mode: str = "train"):
 
 
 def build_model(cfg):
-    return model_module(cfg).Net(cfg)
+    """The config's Net; its grouped convolutions run in float32 under CPU float16 autocast (utils/precision.py)."""
+    from utils.precision import keep_grouped_convs_fp32
+
+    model = model_module(cfg).Net(cfg)
+    keep_grouped_convs_fp32(model)
+    return model
 
 
 def _no_hook(batch: dict, cfg, epoch: int) -> dict:

@@ -7,12 +7,19 @@ device. Left at None it is derived from the older switches, so every config keep
 An explicit `--amp_dtype` wins over both switches. float16 comes with a GradScaler; bfloat16 and
 float32 do not need one (the scaler is created disabled, so train.py's calls stay the same).
 The models' mel front-end stays float32 under every autocast (models/layers.py).
+
+CPU float16 autocast runs grouped and depthwise convolutions in float32 (`keep_grouped_convs_fp32`, applied by
+build_model to every model): torch 2.11's CPU float16 kernels for them take minutes per call on Intel Xeons
+with AVX512-FP16, where float32 takes a millisecond. Every other op, the GradScaler and the optimiser step
+stay as on CUDA, and CUDA (or bfloat16, or no autocast) is untouched.
 """
 from __future__ import annotations
 
 import contextlib
+import types
 
 import torch
+import torch.nn as nn
 
 from utils.config import ConfigError
 
@@ -61,3 +68,27 @@ def setup_backend(device: torch.device, amp_dtype: str = "float16") -> None:
 def describe(amp_dtype: str) -> str:
     """Short name for logs and tables: fp16, bf16, fp32."""
     return SHORT[amp_dtype]
+
+
+def cpu_fp16_autocast() -> bool:
+    """True inside a CPU float16 autocast region."""
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
+
+
+def _grouped_conv_forward(self, x):
+    if x.device.type == "cpu" and cpu_fp16_autocast():
+        with torch.autocast("cpu", enabled=False):
+            return type(self).forward(self, x.float())
+    return type(self).forward(self, x)
+
+
+def keep_grouped_convs_fp32(model: nn.Module) -> int:
+    """Make every grouped/depthwise convolution of `model` run in float32 under CPU float16 autocast (its
+    output is float32; the next autocast op casts it as usual). Elsewhere they run as before. The state dict
+    is unchanged. Returns how many convolutions were wrapped."""
+    n = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and "forward" not in vars(m):
+            m.forward = types.MethodType(_grouped_conv_forward, m)
+            n += 1
+    return n
