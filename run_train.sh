@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The full reproduction (docs/solution.md §8): 9 configs x (folds 0-3 with seeds 1001, 1002 +
 # fold -1 with seeds 2001..2008) = 144 train.py runs, here (one at a time or one per GPU) or as a SLURM
-# job array. The list of runs, their states and the runners live in utils/sweep.py (and utils/slurm.py).
+# job array. The list of runs, their states and the runners live in sweep/runs.py (and sweep/slurm.py).
 #
 #   ./run_train.sh [--configs cfg_2a,cfg_5a] [--folds 0,1] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [train.py args]
 #   ./run_train.sh --slurm [--partition P] [--gpus-per-run 1] [--max-parallel N] [--time HH:MM:SS] [-- train.py args]
@@ -11,4 +11,4 @@
 # $PYTHON (default: python) runs the sweep and every train.py.
 set -euo pipefail
 cd "$(dirname "$0")"
-exec "${PYTHON:-python}" -m utils.sweep "$@"
+exec "${PYTHON:-python}" -m sweep "$@"

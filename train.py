@@ -9,7 +9,7 @@ Loop as in the reference (Henkel-style): Adam, cosine decay to 0 without warm-up
 epochs * (train rows // batch_size) scheduler steps; the scheduler steps after *every* batch while
 the optimiser steps every `grad_accumulation` batches (a global batch counter, so accumulation
 carries over epoch ends as in the reference); gradients clipped to `clip_grad` after unscaling.
-Precision is one code path on every device (utils/precision.py): `amp_dtype` float16 (+ GradScaler,
+Precision is one code path on every device (engine/precision.py): `amp_dtype` float16 (+ GradScaler,
 the reference's choice where `mixed_precision`), bfloat16 or float32. Speed without changing the
 numbers: cuDNN autotuning, fused Adam on CUDA, persistent prefetching workers, no host sync per step,
 DDP no_sync on accumulation micro-steps; opt-in `channels_last` and `compile`. Outputs go to <output_dir>/<name>/fold<fold>/seed<seed>/: config.json (resolved config),
@@ -24,11 +24,9 @@ slices and gathered in row order, only rank 0 writes.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
-import os
 import shutil
 import sys
 import warnings
@@ -40,24 +38,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from data.sampler import EpochSampler  # noqa: E402
 from data.signal import LABEL_COLS, LOGIT_COLS  # noqa: E402
+from data.synthetic import oracle_kl as synthetic_oracle_kl  # noqa: E402
+from engine import step as opt_step  # noqa: E402
+from engine.build import batch_hook, build_dataset, build_model, maybe_compile  # noqa: E402
+from engine.cpu_cost import cpu_warning  # noqa: E402
+from engine.loaders import make_train_loader, make_val_loader  # noqa: E402
+from engine.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup_backend  # noqa: E402
+from engine.step import to_device  # noqa: E402
+from engine.tracking import Tracker  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
-from utils import step as opt_step  # noqa: E402
-from utils.build import batch_hook, build_dataset, build_model  # noqa: E402
+from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
 from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
                       require_dir, run_cli)
-from utils.memory import cpu_warning  # noqa: E402
-from utils.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup_backend  # noqa: E402
-from utils.speed import maybe_compile  # noqa: E402
-from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state, worker_init_fn  # noqa: E402
-from utils.tracking import Tracker  # noqa: E402
+from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state  # noqa: E402
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -66,11 +65,11 @@ USAGE = __doc__.split("\n\n")[1]
 def parse_args(argv: list[str]):
     """-C/--config NAME, --resume, --force, --stop_after_epochs N (stop resumably, e.g. to split a long
     run); everything else is a config override (`--field value`, `--field=value`, `--data-dir` too)."""
-    p = argparse.ArgumentParser(prog="train.py", usage=USAGE, add_help=True, allow_abbrev=False)
+    p = ArgumentParser(prog="train.py", usage=USAGE)
     p.add_argument("-C", "--config")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
-    p.add_argument("--stop_after_epochs", "--stop-after-epochs", default=None)
+    p.add_argument("--stop-after-epochs", default=None)
     opts, rest = p.parse_known_args(argv)
     if not opts.config:
         raise ConfigError("no config given: use -C cfg_name (e.g. -C cfg_5a)")
@@ -138,35 +137,9 @@ def vote_shares(df: pd.DataFrame) -> np.ndarray:
     return metric.votes_to_target(df[LABEL_COLS].to_numpy())
 
 
-def train_loader(cfg, df, info, epoch):
-    """The train dataset and loader; drop_last as the reference. The sampler hands each item its epoch,
-    so rows draw the same augmentations whatever the worker count (see data/sampler.py)."""
-    cfg.curr_epoch = epoch
-    ds = build_dataset(df, cfg, mode="train")
-    sampler = EpochSampler(len(ds), cfg.seed, shuffle=True, rank=info.rank, world=info.world_size)
-    sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, worker_init_fn=worker_init_fn,
-                      generator=torch.Generator(), pin_memory=info.device.type == "cuda", **worker_args(cfg, info))
-
-
-def worker_args(cfg, info) -> dict:
-    """Loader workers kept alive across epochs, each with batches prefetched (none: load in-process)."""
-    n = n_workers(cfg, info)
-    return {"num_workers": n, **({"persistent_workers": True, "prefetch_factor": 4} if n else {})}
-
-
-def n_workers(cfg, info) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(cfg.num_workers, cpus // info.world_size))
-
-
 def steps_per_epoch(n_rows: int, cfg, info) -> int:
     per_rank = math.ceil(n_rows / info.world_size) if info.distributed else n_rows
     return per_rank // cfg.batch_size
-
-
-def to_device(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def cosine_schedule(optimizer, total_steps: int):
@@ -178,18 +151,9 @@ def cosine_schedule(optimizer, total_steps: int):
 
 # --- validation -----------------------------------------------------------------------------------
 @torch.no_grad()
-def val_loader(ds, cfg, info) -> DataLoader:
-    """This rank's contiguous slice of the validation rows (no padding, so no row is duplicated)."""
-    idx = np.array_split(np.arange(len(ds)), info.world_size)[info.rank]
-    return DataLoader(Subset(ds, idx.tolist()), batch_size=cfg.batch_size_val or cfg.batch_size, shuffle=False,
-                      pin_memory=info.device.type == "cuda", generator=torch.Generator(),  # not the global RNG
-                      **worker_args(cfg, info))
-
-
-@torch.no_grad()
-def predict(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, float | None]:
+def predict_logits(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, float | None]:
     """Logits for every row of `ds` in row order, gathered on rank 0 from the ranks' slices."""
-    loader = val_loader(ds, cfg, info) if loader is None else loader
+    loader = make_val_loader(ds, cfg, info) if loader is None else loader
     model.eval()
     parts, loss_sum, n = [], torch.zeros((), device=info.device), 0
     for batch in tqdm(loader, desc="validation", disable=not info.is_main, leave=False):
@@ -210,7 +174,7 @@ def predict(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, fl
 def oracle_kl(val_df, cfg, log):
     """KL of the latent probabilities (synthetic data only; None on real data or if unusable)."""
     try:
-        return metric.oracle_kl(val_df, cfg.data_dir)
+        return synthetic_oracle_kl(val_df, cfg.data_dir)
     except (metric.MetricError, DataError) as err:
         log(f"warning: no oracle KL: {err}")
         return None
@@ -269,7 +233,7 @@ def prepare_run_dir(cfg, opts, info, log) -> tuple[Path, Path]:
     trains in the hidden staging folder beside it, which replaces the old run only when it finishes."""
     final = ckpt.run_dir(cfg.output_dir, cfg.name, cfg.fold, cfg.seed)
     state, staging = ckpt.run_state(final), ckpt.staging_dir(final)
-    problem = ckpt.checkpoint_problem(final / ckpt.FINAL)
+    problem = ckpt.checkpoint_problem(final / ckpt.CHECKPOINT_FILE)
     if opts["force"] and state != ckpt.NOT_STARTED:
         if opts["resume"]:
             if not ckpt.is_interrupted(staging):
@@ -284,7 +248,7 @@ def prepare_run_dir(cfg, opts, info, log) -> tuple[Path, Path]:
     if opts["resume"]:
         if state != ckpt.INTERRUPTED:
             why = ("run already finished" if state == ckpt.FINISHED else
-                   f"no {ckpt.RESUME}" + ("" if problem == "missing" else f", and {ckpt.FINAL} is a {problem}"))
+                   f"no {ckpt.RESUME_FILE}" + ("" if problem == "missing" else f", and {ckpt.CHECKPOINT_FILE} is a {problem}"))
             hint = " (an interrupted --force retrain: add --force)" if ckpt.is_interrupted(staging) else ""
             raise ConfigError(f"{final}: nothing to resume ({why}){hint}")
         return final, final
@@ -295,7 +259,7 @@ def prepare_run_dir(cfg, opts, info, log) -> tuple[Path, Path]:
         dist_utils.barrier(info)
         if info.is_main:
             if problem != "missing":
-                log(f"warning: {final / ckpt.FINAL} is a {problem}: not a finished run; training it again")
+                log(f"warning: {final / ckpt.CHECKPOINT_FILE} is a {problem}: not a finished run; training it again")
             shutil.rmtree(final, ignore_errors=True)
         dist_utils.barrier(info)
     return final, final
@@ -315,11 +279,11 @@ def warn_config_changes(cfg, out: Path, log) -> None:
 
 
 # --- the run --------------------------------------------------------------------------------------
-class Run(SimpleNamespace):
+class Training(SimpleNamespace):
     """Everything one training run holds: config, process info, folders, rows, model, optimiser, loaders."""
 
 
-def build(cfg, opts, info, log) -> Run:
+def build(cfg, opts, info, log) -> Training:
     """Rows, seed, run folder, model, optimiser, schedule and precision of a new or resumed run."""
     train_df, val_df = read_rows(cfg)
     if info.device.type == "cpu" and (note := cpu_warning(cfg, len(train_df))):
@@ -330,193 +294,193 @@ def build(cfg, opts, info, log) -> Run:
                           f"than the {len(train_df)} training rows")
     choose_seed(cfg, opts, info)
     work, final = prepare_run_dir(cfg, opts, info, log)
-    r = Run(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
-            train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None, val_loader=None)
+    run = Training(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
+                   train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None, val_loader=None)
     seed_everything(rank_seed(cfg.seed, info.rank))
-    r.amp = resolve_amp_dtype(cfg, info.device)
-    setup_backend(info.device, r.amp)
-    r.model = maybe_compile(build_model(cfg).to(info.device), cfg)
-    r.prepare_batch = batch_hook(cfg)  # e.g. ds_2's curriculum weights for the epoch, set on the device
+    run.amp = resolve_amp_dtype(cfg, info.device)
+    setup_backend(info.device, run.amp)
+    run.model = maybe_compile(build_model(cfg).to(info.device), cfg)
+    run.prepare_batch = batch_hook(cfg)  # e.g. ds_2's curriculum weights for the epoch, set on the device
     fused = {"fused": True} if info.device.type == "cuda" else {"foreach": True}  # same update, fewer kernels
-    r.optimizer = torch.optim.Adam(r.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
-    r.scheduler = cosine_schedule(r.optimizer, cfg.epochs * n_steps)
-    r.scaler = make_scaler(r.amp, info.device)
-    r.autocast = autocast_ctx(r.amp, info.device)
-    return r
+    run.optimizer = torch.optim.Adam(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    run.scheduler = cosine_schedule(run.optimizer, cfg.epochs * n_steps)
+    run.scaler = make_scaler(run.amp, info.device)
+    run.autocast = autocast_ctx(run.amp, info.device)
+    return run
 
 
-def restore(r: Run) -> None:
+def restore(run: Training) -> None:
     """Continue an interrupted run: weights, optimiser, schedule, scaler, pending gradients, RNG states.
     A change of device or precision works, and is named in one line (the continuation then differs)."""
-    out, log, info = r.work, r.log, r.info
-    warn_config_changes(r.cfg, out, log)
-    state = ckpt.load(out / ckpt.RESUME)
-    r.model.load_state_dict(state["model"])
-    r.optimizer.load_state_dict(state["optimizer"])
-    r.scheduler.load_state_dict(state["scheduler"])
-    saved_dev, saved_amp = state.get("device", info.device.type), state.get("amp", r.amp)
-    if r.scaler.is_enabled() and state["scaler"]:
-        r.scaler.load_state_dict(state["scaler"])
+    out, log, info = run.work, run.log, run.info
+    warn_config_changes(run.cfg, out, log)
+    state = ckpt.load(out / ckpt.RESUME_FILE)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    saved_dev, saved_amp = state.get("device", info.device.type), state.get("amp", run.amp)
+    if run.scaler.is_enabled() and state["scaler"]:
+        run.scaler.load_state_dict(state["scaler"])
     changed = [f"{what} {now} (was {was})" for what, now, was in
-               (("device", info.device.type, saved_dev), ("precision", r.amp, saved_amp)) if now != was]
+               (("device", info.device.type, saved_dev), ("precision", run.amp, saved_amp)) if now != was]
     if changed:
         log(f"warning: resuming with {', '.join(changed)}: the run goes on, but will not equal an uninterrupted one"
-            + ("; fp16 loss scaling starts afresh" if r.scaler.is_enabled() and not state["scaler"] else ""))
-    for p, g in zip(r.model.parameters(), state["grads"]):  # accumulation pending across the epoch end
+            + ("; fp16 loss scaling starts afresh" if run.scaler.is_enabled() and not state["scaler"] else ""))
+    for p, g in zip(run.model.parameters(), state["grads"]):  # accumulation pending across the epoch end
         p.grad = None if g is None else g.to(p.device)
-    r.start_epoch, r.step, r.history = state["epoch"] + 1, state["step"], state["history"]
+    run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], state["history"]
     rng = state["rng"]
     if len(rng) != info.world_size:
         log(f"warning: checkpoint has RNG states of {len(rng)} process(es), now {info.world_size}; "
             f"the continuation will not match an uninterrupted run")
     set_rng_state(rng[info.rank % len(rng)])
-    log(f"resuming {out} after epoch {r.start_epoch}/{r.cfg.epochs}")
+    log(f"resuming {out} after epoch {run.start_epoch}/{run.cfg.epochs}")
 
 
-def train_epoch(r: Run, net, epoch: int) -> dict:
+def train_epoch(run: Training, net, epoch: int) -> dict:
     """One pass over the training rows; the scheduler steps every batch, the optimiser every
     grad_accumulation batches (a global counter, so accumulation carries over epoch ends). The loss is
     summed on the device and read (a host sync) only every `log_every` steps and at the epoch's end;
     DDP all-reduces gradients only on the micro-step that steps the optimiser."""
-    cfg, info = r.cfg, r.info
-    if r.loader is None or cfg.reload_train_loader:
-        r.loader = train_loader(cfg, r.train_df, info, epoch)
-    r.loader.sampler.set_epoch(epoch)
+    cfg, info = run.cfg, run.info
+    if run.loader is None or cfg.reload_train_loader:
+        run.loader = make_train_loader(cfg, run.train_df, info, epoch)
+    run.loader.sampler.set_epoch(epoch)
     net.train()
     total = torch.zeros((), device=info.device)
     window, n, shown = torch.zeros((), device=info.device), 0, 0
-    bar = tqdm(r.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
     for batch in bar:
-        r.step += 1
-        stepping = r.step % cfg.grad_accumulation == 0
+        run.step += 1
+        stepping = run.step % cfg.grad_accumulation == 0
         sync = contextlib.nullcontext() if stepping or not info.distributed else net.no_sync()
         batch = to_device(batch, info.device)
-        batch = r.prepare_batch(batch, cfg, epoch)
+        batch = run.prepare_batch(batch, cfg, epoch)
         with sync:
-            with r.autocast():
+            with run.autocast():
                 loss = net(batch)["loss"]
-            opt_step.backward(loss, r.scaler, cfg.grad_accumulation)
+            opt_step.backward(loss, run.scaler, cfg.grad_accumulation)
         total += loss.detach().float()
         window += loss.detach().float()
         n += 1
         if stepping:
-            opt_step.optimizer_step(r.model.parameters(), r.optimizer, r.scaler, cfg.clip_grad)
+            opt_step.optimizer_step(run.model.parameters(), run.optimizer, run.scaler, cfg.clip_grad)
         with warnings.catch_warnings():  # stepping before the first optimizer step is intended
             warnings.simplefilter("ignore", UserWarning)
-            r.scheduler.step()
-        if n - shown >= cfg.log_every or n == len(r.loader):
+            run.scheduler.step()
+        if n - shown >= cfg.log_every or n == len(run.loader):
             mean = float(window) / (n - shown)  # the only host sync in the loop
-            lr = r.optimizer.param_groups[0]["lr"]
-            r.tracker.log_step(r.step, mean, lr)
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.tracker.log_step(run.step, mean, lr)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
             window.zero_()
             shown = n
     parts = dist_utils.gather_objects((float(total), n), info)
-    return {"epoch": epoch, "step": r.step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
-            "lr": r.optimizer.param_groups[0]["lr"]}
+    return {"epoch": epoch, "step": run.step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
+            "lr": run.optimizer.param_groups[0]["lr"]}
 
 
-def validate(r: Run, row: dict, last: bool) -> None:
+def validate(run: Training, row: dict, last: bool) -> None:
     """Validation KL into `row`; after the last epoch the logits are written (before the checkpoint)."""
-    dist_utils.sync_buffers(r.model, r.info)
-    if r.val_loader is None:
-        r.val_loader = val_loader(r.val_ds, r.cfg, r.info)
-    logits, val_loss = predict(r.model, r.val_ds, r.cfg, r.info, r.autocast, r.val_loader)
-    row.update(val_loss=val_loss, val_kl=metric.kl_from_logits(r.val_target, logits),
-               prior_kl=r.prior_kl, oracle_kl=r.oracle)
-    if r.info.is_main and last:
-        write_val_logits(r.work / "val_logits.csv", r.val_df, logits)
+    dist_utils.sync_buffers(run.model, run.info)
+    if run.val_loader is None:
+        run.val_loader = make_val_loader(run.val_ds, run.cfg, run.info)
+    logits, val_loss = predict_logits(run.model, run.val_ds, run.cfg, run.info, run.autocast, run.val_loader)
+    row.update(val_loss=val_loss, val_kl=metric.kl_from_logits(run.val_target, logits),
+               prior_kl=run.prior_kl, oracle_kl=run.oracle)
+    if run.info.is_main and last:
+        write_val_logits(run.work / "val_logits.csv", run.val_df, logits)
     vl = "n/a" if val_loss is None else f"{val_loss:.4f}"
-    r.log(f"epoch {row['epoch'] + 1}/{r.cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {vl}, "
-          f"val KL {row['val_kl']:.4f} (class prior {r.prior_kl:.4f}"
-          + ("" if r.oracle is None else f", oracle {r.oracle:.4f}") + ")")
+    run.log(f"epoch {row['epoch'] + 1}/{run.cfg.epochs}: train loss {row['train_loss']:.4f}, val loss {vl}, "
+          f"val KL {row['val_kl']:.4f} (class prior {run.prior_kl:.4f}"
+          + ("" if run.oracle is None else f", oracle {run.oracle:.4f}") + ")")
 
 
-def save_resume_state(r: Run, epoch: int) -> None:
-    rngs = dist_utils.gather_objects(get_rng_state(), r.info)
-    if r.info.is_main:
-        ckpt.save({"model": r.model.state_dict(), "optimizer": r.optimizer.state_dict(),
-                   "scheduler": r.scheduler.state_dict(), "scaler": r.scaler.state_dict(),
-                   "grads": [None if p.grad is None else p.grad.detach().cpu() for p in r.model.parameters()],
-                   "epoch": epoch, "step": r.step, "history": r.tracker.history, "rng": rngs,
-                   "seed": r.cfg.seed, "device": r.info.device.type, "amp": r.amp}, r.work / ckpt.RESUME)
+def save_resume_state(run: Training, epoch: int) -> None:
+    rngs = dist_utils.gather_objects(get_rng_state(), run.info)
+    if run.info.is_main:
+        ckpt.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                   "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                   "grads": [None if p.grad is None else p.grad.detach().cpu() for p in run.model.parameters()],
+                   "epoch": epoch, "step": run.step, "history": run.tracker.history, "rng": rngs,
+                   "seed": run.cfg.seed, "device": run.info.device.type, "amp": run.amp}, run.work / ckpt.RESUME_FILE)
 
 
-def finish(r: Run) -> None:
+def finish(run: Training) -> None:
     """Curve, then the checkpoint (fsynced, last), then a --force run replaces the old one."""
-    cfg = r.cfg
-    plot_curve(r.work / "learning_curve.png", r.tracker.history, f"{cfg.name} fold {cfg.fold} seed {cfg.seed}")
-    final = r.tracker.history[-1]
-    r.tracker.close()
-    ckpt.save({"model": r.model.state_dict(), "name": cfg.name, "fold": cfg.fold, "seed": cfg.seed,
-               "epoch": cfg.epochs - 1, "val_kl": final["val_kl"]}, r.work / ckpt.FINAL)
-    (r.work / ckpt.RESUME).unlink(missing_ok=True)
-    if r.work != r.final:
-        ckpt.promote(r.work, r.final)
-    r.log(f"done: {r.final} (val KL {final['val_kl']:.4f})")
+    cfg = run.cfg
+    plot_curve(run.work / "learning_curve.png", run.tracker.history, f"{cfg.name} fold {cfg.fold} seed {cfg.seed}")
+    final = run.tracker.history[-1]
+    run.tracker.close()
+    ckpt.save({"model": run.model.state_dict(), "name": cfg.name, "fold": cfg.fold, "seed": cfg.seed,
+               "epoch": cfg.epochs - 1, "val_kl": final["val_kl"]}, run.work / ckpt.CHECKPOINT_FILE)
+    (run.work / ckpt.RESUME_FILE).unlink(missing_ok=True)
+    if run.work != run.final:
+        ckpt.promote(run.work, run.final)
+    run.log(f"done: {run.final} (val KL {final['val_kl']:.4f})")
 
 
-def train_run(r: Run, opts) -> None:
-    cfg, info, log = r.cfg, r.info, r.log
-    net = r.model
+def train_epochs(run: Training, opts) -> None:
+    cfg, info, log = run.cfg, run.info, run.log
+    net = run.model
     if info.distributed:
         net = torch.nn.parallel.DistributedDataParallel(
-            r.model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+            run.model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
     if info.is_main and not opts["resume"]:
-        write_json(r.work / "config.json", cfg_to_dict(cfg))
-        write_json(r.work / "run_info.json", {"world_size": info.world_size, "device": str(info.device),
-                                              "train_rows": len(r.train_df), "val_rows": len(r.val_df),
+        write_json(run.work / "config.json", cfg_to_dict(cfg))
+        write_json(run.work / "run_info.json", {"world_size": info.world_size, "device": str(info.device),
+                                              "train_rows": len(run.train_df), "val_rows": len(run.val_df),
                                               "torch": torch.__version__})
-    r.tracker = Tracker(cfg, r.work, enabled=info.is_main, resume_history=r.history, log=log)
-    r.val_ds = build_dataset(r.val_df, cfg, mode="val")
-    r.val_target = vote_shares(r.val_df)
-    r.prior_kl = metric.prior_kl(vote_shares(r.train_df), r.val_target)
-    r.oracle = oracle_kl(r.val_df, cfg, log)
-    log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(r.train_df)} train / {len(r.val_df)} val rows, "
-        f"{cfg.epochs} epochs x {r.n_steps} steps, device {info.device} x {info.world_size}, "
-        f"amp {r.amp}{', compiled' if cfg.compile else ''} -> {r.work}")
+    run.tracker = Tracker(cfg, run.work, enabled=info.is_main, resume_history=run.history, log=log)
+    run.val_ds = build_dataset(run.val_df, cfg, mode="val")
+    run.val_target = vote_shares(run.val_df)
+    run.prior_kl = metric.prior_kl(vote_shares(run.train_df), run.val_target)
+    run.oracle = oracle_kl(run.val_df, cfg, log)
+    log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(run.train_df)} train / {len(run.val_df)} val rows, "
+        f"{cfg.epochs} epochs x {run.n_steps} steps, device {info.device} x {info.world_size}, "
+        f"amp {run.amp}{', compiled' if cfg.compile else ''} -> {run.work}")
     stop_after = opts["stop_after_epochs"]
     try:
-        for epoch in range(r.start_epoch, cfg.epochs):
+        for epoch in range(run.start_epoch, cfg.epochs):
             last = epoch + 1 == cfg.epochs
-            row = train_epoch(r, net, epoch)
+            row = train_epoch(run, net, epoch)
             if (epoch + 1) % cfg.eval_epochs == 0 or last:
-                validate(r, row, last)
-            r.tracker.log_epoch(row)
+                validate(run, row, last)
+            run.tracker.log_epoch(row)
             if last:
                 break
-            save_resume_state(r, epoch)
+            save_resume_state(run, epoch)
             dist_utils.barrier(info)
             if stop_after is not None and epoch + 1 >= stop_after:
                 log(f"stopped after epoch {epoch + 1} (--stop_after_epochs); continue with --resume --seed {cfg.seed}"
-                    + (" --force" if r.work != r.final else ""))
+                    + (" --force" if run.work != run.final else ""))
                 return
         if info.is_main:
-            finish(r)
+            finish(run)
     finally:
-        r.tracker.close()
+        run.tracker.close()
 
 
-def run(cfg, opts, info) -> Path:
+def train(cfg, opts, info) -> Path:
     """Build (or restore) and train one run; a run that fails before its first epoch ends leaves no folder."""
     log = print if info.is_main else (lambda *a, **k: None)
-    r = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
+    run = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
     try:
         if opts["resume"]:
-            restore(r)
-        train_run(r, opts)
+            restore(run)
+        train_epochs(run, opts)
     except BaseException:
-        if r.created and info.is_main and not (r.work / ckpt.RESUME).exists() and not ckpt.is_finished(r.work):
-            shutil.rmtree(r.work, ignore_errors=True)
+        if run.created and info.is_main and not (run.work / ckpt.RESUME_FILE).exists() and not ckpt.is_finished(run.work):
+            shutil.rmtree(run.work, ignore_errors=True)
         raise
-    return r.final
+    return run.final
 
 
 def main(argv=None) -> None:
     cfg, opts = parse_args(sys.argv[1:] if argv is None else list(argv))
     info = dist_utils.setup()
     try:
-        run(cfg, opts, info)
+        train(cfg, opts, info)
     finally:
         dist_utils.cleanup()
 

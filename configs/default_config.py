@@ -6,6 +6,15 @@ and train.py; docs/solution.md §7 gives the values.
 from types import SimpleNamespace
 
 cfg = SimpleNamespace()
+RUN_ONLY_KEYS: set = set()  # fields that change how a run trains or logs, never what a trained run predicts
+
+
+def run_only(**fields) -> None:
+    """Set fields that never change a trained run's test-time inputs or outputs (inference shares one pass
+    over the data among runs that differ only in these: inference/ensemble.py)."""
+    vars(cfg).update(fields)
+    RUN_ONLY_KEYS.update(fields)
+
 
 # --- identity and files -------------------------------------------------------------------------
 cfg.name = "default_config"  # set to the module name by each config
@@ -17,9 +26,11 @@ cfg.val_df = "train_folded_6k6.csv"  # golden validation rows
 cfg.train_eeg_dir = "train_eegs"
 cfg.test_eeg_dir = "test_eegs"
 cfg.cache_dir = None  # decoded-recording cache; None -> <data_dir>/cache/eeg_npy
-cfg.output_dir = "output"  # runs go to <output_dir>/<name>/fold<fold>/seed<seed>/
-cfg.fold = 0  # -1: train on all rows (validation still shown on fold 0)
-cfg.seed = -1  # -1: draw a random seed (and record it)
+run_only(
+    output_dir="output",  # runs go to <output_dir>/<name>/fold<fold>/seed<seed>/
+    fold=0,  # -1: train on all rows (validation still shown on fold 0)
+    seed=-1,  # -1: draw a random seed (and record it)
+)
 
 # --- labels ---------------------------------------------------------------------------------------
 cfg.label_cols = ["seizure_vote", "lpd_vote", "gpd_vote", "lrda_vote", "grda_vote", "other_vote"]
@@ -43,8 +54,10 @@ cfg.center_jitter_p = 0.0  # ds_1 only: 0.7
 
 # --- model ----------------------------------------------------------------------------------------
 cfg.backbone = "mixnet_xl"  # the 2D configs' values below; mdl_2 ignores them
-cfg.pretrained = True
-cfg.pretrained_weights = None  # path to a local timm state dict; used instead of a download
+run_only(
+    pretrained=True,  # a trained run's checkpoint holds every weight
+    pretrained_weights=None,  # path to a local timm state dict; used instead of a download
+)
 cfg.in_chans = 3
 cfg.drop_rate = 0.2
 cfg.drop_path_rate = 0.2
@@ -55,34 +68,40 @@ cfg.channel_dropout_max = 8
 cfg.spec_args = None  # torchaudio MelSpectrogram arguments of the 2D models (set per config)
 cfg.top_db = None  # dB floor below the batch-wide max (mdl_4: 100)
 
-# --- speed switches (off = the reference's behaviour; utils/speed.py) -------------------------------
-cfg.channels_last = False  # 2D models: backbone weights and input image in channels_last memory format
-cfg.compile = False  # torch.compile the whole model's forward in place (state dict keys unchanged)
+# --- speed switches (off = the reference's behaviour; engine/build.py) ------------------------------
+run_only(
+    channels_last=False,  # 2D models: backbone weights and input image in channels_last memory format
+    compile=False,  # torch.compile the whole model's forward in place (state dict keys unchanged)
+)
 
 # --- optimisation (docs/solution.md §7) ----------------------------------------------------
-cfg.optimizer = "Adam"
-cfg.weight_decay = 0.0
-cfg.schedule = "cosine"  # cosine decay to 0, no warm-up, stepped every iteration
-cfg.epochs = 12
-cfg.lr = 1.2e-3
-cfg.batch_size = 16
-cfg.batch_size_val = None  # None -> batch_size
-cfg.grad_accumulation = 1
-cfg.clip_grad = 20.0
-cfg.mixed_precision = True  # used on CUDA; on CPU only with --cpu_amp True (bfloat16)
-cfg.cpu_amp = False
-cfg.amp_dtype = None  # "float16" / "bfloat16" / "float32" on any device; None: from the two above (utils/precision.py)
-cfg.eval_epochs = 1
-cfg.reload_train_loader = False  # rebuild the train dataset/loader each epoch (no config needs it: ds_2's
-#                                   curriculum is set per batch by its prepare_batch)
-cfg.curr_epoch = 0  # set by train.py before each (re)build of the train dataset
-cfg.num_workers = 8  # as the reference; train.py takes min(num_workers, cores per process)
-cfg.log_every = 20  # steps between reads of the loss (a host sync) for the progress bar and the tracker
-cfg.max_train_rows = None  # demo/test override: keep only the first N train rows
-cfg.max_val_rows = None
+run_only(
+    optimizer="Adam",
+    weight_decay=0.0,
+    schedule="cosine",  # cosine decay to 0, no warm-up, stepped every iteration
+    epochs=12,
+    lr=1.2e-3,
+    batch_size=16,
+    batch_size_val=None,  # None -> batch_size
+    grad_accumulation=1,
+    clip_grad=20.0,
+    mixed_precision=True,  # used on CUDA; on CPU only with --cpu_amp True (bfloat16)
+    cpu_amp=False,
+    amp_dtype=None,  # "float16" / "bfloat16" / "float32" on any device; None: from the two above (engine/precision.py)
+    eval_epochs=1,
+    reload_train_loader=False,  # rebuild the train dataset/loader each epoch (no config needs it: ds_2's
+    #                                   curriculum is set per batch by its prepare_batch)
+    curr_epoch=0,  # set by train.py before each (re)build of the train dataset
+    num_workers=8,  # as the reference; train.py takes min(num_workers, cores per process)
+    log_every=20,  # steps between reads of the loss (a host sync) for the progress bar and the tracker
+    max_train_rows=None,  # demo/test override: keep only the first N train rows
+    max_val_rows=None,
+)
 
 # --- logging --------------------------------------------------------------------------------------
-cfg.neptune_project = None  # or env NEPTUNE_PROJECT
-cfg.neptune_mode = None  # None -> env NEPTUNE_MODE, else "async" with a token, "offline" without
+run_only(
+    neptune_project=None,  # or env NEPTUNE_PROJECT
+    neptune_mode=None,  # None -> env NEPTUNE_MODE, else "async" with a token, "offline" without
+)
 
 basic_cfg = cfg

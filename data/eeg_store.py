@@ -11,7 +11,55 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.io import DataError, atomic_write, read_eeg_parquet
+from data.signal import EEG_COLUMNS
+from utils.io import DataError, atomic_write
+
+
+class ParquetEEG:
+    """The one parquet reader: column names, row count, and rows [start, stop) of any columns as float32,
+    read by row group (the last group read is kept: decoding walks through a file in order)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: eeg file not found")
+        import pyarrow.parquet as pq
+
+        try:
+            self._file = pq.ParquetFile(self.path)
+        except Exception as err:  # noqa: BLE001 - any parse failure becomes one clear line
+            raise DataError(f"{self.path}: unreadable parquet: {type(err).__name__}: {str(err).splitlines()[0]}") from None
+        md = self._file.metadata
+        self.columns = list(self._file.schema_arrow.names)
+        self.n_rows = int(md.num_rows)
+        self._bounds = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
+        self._cache = {}
+
+    def _group(self, g: int, names: tuple) -> np.ndarray:
+        if (g, names) not in self._cache:
+            self._cache.clear()
+            table = self._file.read_row_group(g, columns=list(names))
+            self._cache[g, names] = np.stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+                                              for n in names], axis=1)
+        return self._cache[g, names]
+
+    def read(self, names, start: int = 0, stop: int | None = None) -> np.ndarray:
+        names, stop = tuple(names), self.n_rows if stop is None else stop
+        b = self._bounds
+        parts = [self._group(g, names)[max(start, b[g]) - b[g]:min(stop, b[g + 1]) - b[g]]
+                 for g in range(int(np.searchsorted(b, start, "right")) - 1, int(np.searchsorted(b, stop, "left")))]
+        return np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+
+
+def read_eeg_parquet(path) -> np.ndarray:
+    """A whole Kaggle recording as float32 (T, 20) in EEG_COLUMNS order (NaN kept)."""
+    reader = ParquetEEG(path)
+    missing = [c for c in EEG_COLUMNS if c not in reader.columns]
+    if missing:
+        raise DataError(f"{reader.path}: missing eeg column(s) {', '.join(missing)}")
+    if reader.n_rows == 0:
+        raise DataError(f"{reader.path}: eeg file has no rows")
+    return reader.read(EEG_COLUMNS)
 
 
 def default_cache_root(eeg_dir: Path) -> Path:

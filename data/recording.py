@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 from scipy.signal import resample_poly
 
-from data.eeg_store import EEGStore
+from data.eeg_store import EEGStore, ParquetEEG
 from data.signal import EEG_COLUMNS, FS, MONTAGE_ELECTRODES
 from utils.io import DataError
 
@@ -137,35 +137,12 @@ def _open_mne(path: Path, kind: str) -> Source:
 
 
 def _open_parquet(path: Path) -> Source:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except Exception as err:  # noqa: BLE001
-        raise DataError(f"{path}: unreadable parquet: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    md = pf.metadata
-    bounds = np.cumsum([0] + [md.row_group(i).num_rows for i in range(md.num_row_groups)])
-    labels = list(pf.schema_arrow.names)
-    cache = {}  # the last row group read (decoding walks through the file in order)
-
-    def group(g, names):
-        key = (g, tuple(names))
-        if key not in cache:
-            cache.clear()
-            table = pf.read_row_group(g, columns=list(names))
-            cache[key] = np.stack([table.column(n).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                                   for n in names], axis=1)
-        return cache[key]
+    reader = ParquetEEG(path)
 
     def read(picks, start, stop):
-        names = [labels[p] for p in picks]
-        parts = []
-        for g in range(int(np.searchsorted(bounds, start, "right")) - 1, int(np.searchsorted(bounds, stop, "left"))):
-            lo, hi = max(start, bounds[g]) - bounds[g], min(stop, bounds[g + 1]) - bounds[g]
-            parts.append(group(g, names)[lo:hi])
-        return np.concatenate(parts).astype(np.float64) if parts else np.zeros((0, len(picks)))
+        return reader.read([reader.columns[p] for p in picks], int(start), int(stop)).astype(np.float64)
 
-    return Source(path, FORMATS[".parquet"], labels, float(FS), int(md.num_rows), read)
+    return Source(path, FORMATS[".parquet"], reader.columns, float(FS), reader.n_rows, read)
 
 
 # --- resampling -------------------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ import scipy.fft as sfft
 from tqdm import tqdm
 
 from data.signal import CHAINS, CLASSES, EEG_COLUMNS, FS, LABEL_COLS
-from utils.io import DataError, atomic_write, atomic_write_csv
+from utils.io import DataError, atomic_write, atomic_write_csv, read_csv_checked
+from utils.metric import MetricError, kl_divergence, votes_to_target
 
 TRAIN_COLUMNS = ["eeg_id", "eeg_sub_id", "eeg_label_offset_seconds", "spectrogram_id", "spectrogram_sub_id",
                  "spectrogram_label_offset_seconds", "label_id", "patient_id", "expert_consensus", *LABEL_COLS]
@@ -456,3 +457,21 @@ def _write_test(out_dir: Path, seq, eeg_ids, spec_ids, patient_ids, n_test: int)
     for name, df in (("test.csv", test), ("sample_submission.csv", sub), ("synthetic_test_latent.csv", lat)):
         atomic_write_csv(out_dir / name, df)
     return n_test
+
+
+def oracle_kl(rows_df: pd.DataFrame, data_dir) -> float | None:
+    """KL of predicting each row's latent class probabilities (synthetic data only: the best any
+    model can score on these rows); None when <data_dir>/synthetic_latent.csv is absent."""
+    path = Path(data_dir) / "synthetic_latent.csv"
+    if not path.is_file():
+        return None
+    latent = read_csv_checked(path, required=("label_id", *LABEL_COLS), what="latent probabilities")
+    if "label_id" not in rows_df.columns:
+        raise MetricError("rows have no label_id column")
+    lat = latent.set_index("label_id")[list(LABEL_COLS)]
+    missing = ~rows_df["label_id"].isin(lat.index)
+    if missing.any():
+        raise DataError(f"{path}: {int(missing.sum())} row(s) have no latent probabilities "
+                        f"(e.g. label_id {rows_df['label_id'][missing].iloc[0]}); regenerate the data")
+    pred = lat.loc[rows_df["label_id"]].to_numpy(np.float64)
+    return kl_divergence(votes_to_target(rows_df[list(LABEL_COLS)].to_numpy()), pred)

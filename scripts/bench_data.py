@@ -20,10 +20,11 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from data.signal import EEG_COLUMNS, FS, LABEL_COLS  # noqa: E402
-from utils.build import build_dataset  # noqa: E402
+from engine.build import build_dataset  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import load_config  # noqa: E402
-from utils.io import read_csv_checked, read_eeg_parquet, run_cli  # noqa: E402
+from data.eeg_store import read_eeg_parquet  # noqa: E402
+from utils.io import read_csv_checked, run_cli  # noqa: E402
 
 
 class NaiveStore:

@@ -10,7 +10,7 @@
 Peak memory: on CUDA torch.cuda.max_memory_allocated over the timed steps (what the model needs,
 without the allocator's cache); on the CPU the process's maximum RSS (with --table each row runs in
 a fresh process, so it is that row's own peak, imports included). A variant is '+'-joined tokens:
-fp16 / bf16 / fp32 (autocast dtype; none: the config's own, utils/precision.py), compile, cl
+fp16 / bf16 / fp32 (autocast dtype; none: the config's own, engine/precision.py), compile, cl
 (channels_last), legacy (the code before the mel rewrite: torchaudio transforms and index tensors
 built in every forward; eager, no switches). The batch is random with the dataset's shapes.
 """
@@ -33,13 +33,13 @@ import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
 from models import layers  # noqa: E402
-from utils import precision  # noqa: E402
-from utils.build import build_model  # noqa: E402
+from engine import precision  # noqa: E402
+from engine.build import build_model  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, apply_overrides, available_configs, load_config  # noqa: E402
 from utils.io import run_cli  # noqa: E402
-from utils.speed import maybe_compile  # noqa: E402
-from utils.step import backward, optimizer_step  # noqa: E402
+from engine.build import maybe_compile  # noqa: E402
+from engine.step import backward, optimizer_step  # noqa: E402
 
 JSON_TAG = "BENCH_JSON "
 DTYPE_TOKENS = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}

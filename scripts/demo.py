@@ -26,46 +26,25 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from utils import sweep  # noqa: E402
-from utils.blend import ALL_CONFIGS, BLEND_FILE  # noqa: E402
+from configs.demo import DEMO_SEED, demo_overrides  # noqa: E402
+from configs.ensemble import BLEND_FILE, CONFIGS  # noqa: E402
+from sweep import runs as sweep  # noqa: E402
+from inference import blend  # noqa: E402
+from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, load_config  # noqa: E402
-from utils.io import DataError, run_cli  # noqa: E402
+from utils.io import DataError, atomic_write_csv, run_cli  # noqa: E402
 from utils.metric import score  # noqa: E402
 
 DATA_FILES = ("train.csv", "test.csv", "train_folded.csv", "train_folded_6k6.csv", "train_folded_6k6c.csv",
               "train_folded_6k6c_1up.csv")
-DEMO_SEED = 1001  # one seed per run: the fold's run folder is seed1001
-
-
-def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> list[str]:
-    """The CPU-sized changes to config `name` (derived from its own values, so each config keeps its shape).
-
-    Validation runs once, after the last epoch (that is what the blend reads); batch 8 gives the small
-    data more optimiser steps for the same compute."""
-    cfg = load_config(name)
-    over = {"pretrained": False, "num_workers": 0, "neptune_mode": "off", "mixed_precision": False,
-            "batch_size": 8, "grad_accumulation": 1, "lr": 3e-3, "epochs": epochs, "eval_epochs": epochs,
-            "max_train_rows": max_train_rows}
-    if cfg.model == "mdl_2":
-        mdl2_epochs = max(1, epochs - 2)
-        over.update(frontend_filters=8, sq_dim=16, sq_heads=2, sq_layers=1, epochs=mdl2_epochs, eval_epochs=mdl2_epochs,
-                    max_train_rows=min(max_train_rows, 128))
-    else:
-        over["backbone"] = "test_efficientnet"
-        over["spec_args"] = dict(cfg.spec_args, n_fft=min(cfg.spec_args["n_fft"], 512), n_mels=16,
-                                 hop_length=cfg.spec_args["hop_length"] * 8)
-        if hasattr(cfg, "spec_args_center"):
-            c = cfg.spec_args_center
-            over["spec_args_center"] = dict(c, n_fft=256, n_mels=16, hop_length=c["hop_length"] * 16)
-    return [tok for key, value in over.items() for tok in (f"--{key}", repr(value) if isinstance(value, dict) else str(value))]
 
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work-dir", default="demo", help="holds datamount/ (reused) and one run_<time>/ per demo")
-    p.add_argument("--configs", nargs="+", default=ALL_CONFIGS)
-    p.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    p.add_list("--configs", default=CONFIGS)
+    p.add_list("--folds", type=int, default=[0, 1, 2, 3])
     p.add_argument("--n-patients", type=int, default=100, help="synthetic train patients")
     p.add_argument("--n-test", type=int, default=8, help="synthetic test recordings")
     p.add_argument("--seed", type=int, default=0, help="data seed")
@@ -200,24 +179,22 @@ def main(argv=None) -> dict:
 
     step("3/4 blend")
     t = time.perf_counter()
-    from scripts import blend_weights, plot_sample, predict
-
-    report = blend_weights.main(["--data-dir", str(data_dir), "--output-dir", str(out_dir),
-                                 "--configs", *args.configs, "--epochs", str(args.blend_epochs)])
+    report = blend.blend_runs(out_dir, data_dir, args.configs, epochs=args.blend_epochs)
     timings["blend"] = time.perf_counter() - t
 
     step("4/4 predict the synthetic test set")
     t = time.perf_counter()
     sub_path = out_dir / "submission.csv"
-    predict.main(["--data-dir", str(data_dir), "--output-dir", str(out_dir), "--out", str(sub_path),
-                  "--device", "cpu", "--num-workers", "0"])
+    sub, _ = predict_submission(data_dir, out_dir, device="cpu", num_workers=0)
+    atomic_write_csv(sub_path, sub)
+    print(f"  wrote {sub_path}: {len(sub)} row(s)")
     test_latent = data_dir / "synthetic_test_latent.csv"  # the synthetic test set's latent probabilities
     if test_latent.is_file():
         report["test_kl_vs_latent"] = score(pd.read_csv(test_latent), pd.read_csv(sub_path))
     try:
         eeg_id = int(pd.read_csv(data_dir / "test.csv")["eeg_id"].iloc[0])
-        plot_sample.main(["--eeg-id", str(eeg_id), "--data-dir", str(data_dir), "--config", "cfg_5a",
-                          "--out", str(out_dir / f"sample_{eeg_id}.png"), "--output-dir", str(out_dir)])
+        run_script("scripts/plot_sample.py", "--eeg-id", str(eeg_id), "--data-dir", str(data_dir), "--config", "cfg_5a",
+                   "--out", str(out_dir / f"sample_{eeg_id}.png"), "--output-dir", str(out_dir))
     except (DataError, ConfigError) as err:  # a picture is not worth failing the demo for
         print(f"  (no sample plot: {err})")
     timings["predict"] = time.perf_counter() - t

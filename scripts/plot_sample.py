@@ -27,8 +27,8 @@ from data import recording  # noqa: E402
 from data.signal import CLASSES, FS, LABEL_COLS, MONTAGE_NAMES, WINDOW  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
-from utils.timeline import nice_number  # noqa: E402
-from utils.build import build_dataset, build_model  # noqa: E402
+from inference.timeline import nice_number  # noqa: E402
+from engine.build import build_dataset, build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 from utils.io import DataError, read_csv_checked, require_dir, run_cli  # noqa: E402
 

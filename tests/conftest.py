@@ -145,7 +145,7 @@ def make_run(output_dir: Path, name: str, fold: int, seed: int) -> Path:
 
     import torch
 
-    from utils.build import build_model
+    from engine.build import build_model
     from utils.config import cfg_to_dict
 
     cfg = tiny_cfg(name, fold, seed, output_dir)

@@ -12,9 +12,9 @@ import torch
 import torch.distributed as dist
 
 from utils import distributed as dist_utils
-from utils.build import build_model
+from engine.build import build_model
 from utils.config import load_config
-from utils.step import backward, optimizer_step
+from engine.step import backward, optimizer_step
 
 
 def main(out: str) -> None:

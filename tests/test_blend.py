@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from data.signal import LABEL_COLS, LOGIT_COLS
-from utils import blend
+from inference import blend
 from utils import checkpoint as ckpt
 from utils.io import DataError
 from utils.metric import kl_from_logits, softmax
@@ -36,7 +36,7 @@ def write_runs(root: Path, X: np.ndarray, y: np.ndarray, configs, seeds=(1,), no
                 # seeds differ by +-noise so that their mean is exactly X
                 df[LOGIT_COLS] = X[sel][::-1, :, i] + noise * (1 if k % 2 == 0 else -1) * (len(seeds) > 1)
                 df.to_csv(d / "val_logits.csv", index=False)
-                ckpt.save({"model": {}, "seed": seed}, d / ckpt.FINAL)  # a finished run (the rule's only mark)
+                ckpt.save({"model": {}, "seed": seed}, d / ckpt.CHECKPOINT_FILE)  # a finished run (the rule's only mark)
     return golden
 
 
@@ -167,7 +167,7 @@ def test_only_finished_runs_are_blended_and_unfinished_logits_are_named(tmp_path
         pd.read_csv(tmp_path / "out" / "cfg_2a" / "fold0" / "seed1" / "val_logits.csv").assign(
             **{c: 99.0 for c in LOGIT_COLS}).to_csv(d / "val_logits.csv", index=False)
         if ck is not None:
-            (d / ckpt.FINAL).write_bytes(ck)
+            (d / ckpt.CHECKPOINT_FILE).write_bytes(ck)
     stack = blend.load_oof_stack(tmp_path / "out", tmp_path / "data", ["cfg_2a"])
     assert stack.X.max() < 99  # the unfinished runs' logits are not averaged in
     assert stack.n_runs["cfg_2a"] == 4  # one finished seed per fold

@@ -1,7 +1,7 @@
 """Configs cfg_1, cfg_3, cfg_4, cfg_5a-d hold docs/solution.md §7's values; 5b-d differ from 5a only where docs/solution.md says."""
 import pytest
 
-from utils.build import build_dataset, build_model
+from engine.build import build_dataset, build_model
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config
 
 # docs/solution.md §7: model, dataset, train file, backbone, epochs, lr, batch, grad accum, clip, AMP

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from utils import precision
-from utils.build import build_model
+from engine import precision
+from engine.build import build_model
 from utils.config import load_config
-from utils.speed import maybe_compile
-from utils.step import backward, optimizer_step
+from engine.build import maybe_compile
+from engine.step import backward, optimizer_step
 
 DEVICE = torch.device(os.environ.get("HMS_TEST_DEVICE", "cuda"))
 pytestmark = [pytest.mark.cuda,

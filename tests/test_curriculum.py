@@ -72,7 +72,7 @@ def test_prepare_batch_on_loader_batches_equals_a_dataset_rebuilt_per_epoch(tiny
 
 
 def test_batch_hook_is_ds_2_prepare_batch_and_a_no_op_elsewhere():
-    from utils.build import batch_hook
+    from engine.build import batch_hook
 
     assert batch_hook(load_config("cfg_2a")) is prepare_batch
     batch = {"input": torch.zeros(2, 3)}

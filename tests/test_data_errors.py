@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from data.selection import write_training_sets
-from utils.io import DataError, read_eeg_parquet
+from data.eeg_store import read_eeg_parquet
+from utils.io import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ import torch
 import train
 from data.signal import LOGIT_COLS
 from utils import checkpoint as ckpt
-from utils.build import build_dataset, build_model
+from engine.build import build_dataset, build_model
 from utils.distributed import DistInfo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_two_cpu_processes_match_one(tiny_data, tmp_path):
     # the gathered logits are exactly what one process predicts with the saved weights, row by row
     cfg = train.parse_args(args)[0]
     model = build_model(cfg)
-    model.load_state_dict(torch.load(d / ckpt.FINAL, weights_only=True)["model"])
+    model.load_state_dict(torch.load(d / ckpt.CHECKPOINT_FILE, weights_only=True)["model"])
     ds = build_dataset(rows.head(5), cfg, mode="val")
-    single, _ = train.predict(model, ds, cfg, DistInfo(), contextlib.nullcontext)
+    single, _ = train.predict_logits(model, ds, cfg, DistInfo(), contextlib.nullcontext)
     np.testing.assert_allclose(logits[LOGIT_COLS].to_numpy(), single, rtol=1e-4, atol=1e-5)

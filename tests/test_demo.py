@@ -7,9 +7,10 @@ from pathlib import Path
 import pandas as pd
 
 from data.signal import LABEL_COLS
-from utils import blend
+from inference import blend
 
-from scripts import demo, predict
+from inference import submission
+from scripts import demo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,7 +43,7 @@ def test_small_demo_end_to_end(tmp_path):
     assert f"{summary['blend_oof_kl']:.4f}" in proc.stdout
     sub = pd.read_csv(out / "submission.csv")
     test_ids = pd.read_csv(work / "datamount" / "test.csv")["eeg_id"]
-    predict.check_submission(sub, test_ids, ["eeg_id", *LABEL_COLS])
+    submission.check_submission(sub, test_ids, ["eeg_id", *LABEL_COLS])
     for png in ("blend_weights_kl.png", f"sample_{int(test_ids.iloc[0])}.png"):
         assert (out / png).stat().st_size > 10_000
     # a second demo would reuse the data: make_data sees its stamp and writes nothing

@@ -5,7 +5,7 @@ import torch
 
 from models.layers import MelFrontEnd
 from scripts.bench_model import LegacyMel as TorchaudioMel  # the front-end before the rewrite: the reference
-from utils.build import build_model
+from engine.build import build_model
 from utils.config import available_configs, load_config
 
 MEL_CONFIGS = [n for n in available_configs() if load_config(n).spec_args is not None]

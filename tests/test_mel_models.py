@@ -11,7 +11,7 @@ import torch
 from models import backbone as backbone_mod
 from models.layers import MelFrontEnd
 from models.mdl_3 import LEFT_FIRST, PARTNERS, three_views
-from utils.build import build_model
+from engine.build import build_model
 from utils.config import load_config
 
 

@@ -1,10 +1,10 @@
-"""utils/memory.py: the CPU cost estimate train.py prints before a real-size config, and its way out."""
+"""engine/cpu_cost.py: the CPU cost estimate train.py prints before a real-size config, and its way out."""
 import shlex
 
 import pytest
 
-from scripts.demo import demo_overrides
-from utils import memory
+from configs.demo import demo_overrides
+from engine import cpu_cost as memory
 from utils.config import apply_overrides, available_configs, load_config
 
 

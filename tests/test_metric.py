@@ -6,7 +6,8 @@ from scipy.special import rel_entr
 
 from data.signal import LABEL_COLS
 from utils.io import DataError
-from utils.metric import MetricError, kl_divergence, kl_from_logits, oracle_kl, prior_kl, score, softmax
+from data.synthetic import oracle_kl
+from utils.metric import MetricError, kl_divergence, kl_from_logits, prior_kl, score, softmax
 
 
 def rand_probs(rng, n):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from data.signal import FS, WINDOW
-from utils.build import build_model
+from engine.build import build_model
 from utils.io import DataError, run_cli
 
 from conftest import CLINICAL, make_run, synthetic, tiny_cfg, write_edf

@@ -8,11 +8,11 @@ import torch
 import torch.nn as nn
 
 from models.layers import kl_loss
-from utils import precision
-from utils.build import build_model
+from engine import precision
+from engine.build import build_model
 from utils.config import ConfigError, available_configs, load_config
-from utils.speed import maybe_compile
-from utils.step import backward, optimizer_step
+from engine.build import maybe_compile
+from engine.step import backward, optimizer_step
 
 CPU = torch.device("cpu")
 # |logit(amp) - logit(fp32)| <= ATOL + RTOL |logit(fp32)|, at initialisation and after one Adam step

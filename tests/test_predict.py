@@ -5,12 +5,13 @@ import pytest
 import torch
 
 from data.signal import LABEL_COLS
-from utils import blend
-from utils.build import build_dataset, build_model
+from inference import blend
+from engine.build import build_dataset, build_model
 from utils.io import DataError, run_cli
 from utils.metric import softmax
 
 from conftest import make_run, tiny_cfg, write_recording
+from inference import submission
 from scripts import predict
 
 
@@ -89,15 +90,15 @@ def test_missing_blend_file_or_checkpoints_are_clear_errors(tiny_data, runs, tmp
 
 def test_check_submission_rejects_bad_rows():
     ok = pd.DataFrame({"eeg_id": [1, 2], **{c: [1 / 6, 1 / 6] for c in LABEL_COLS}})
-    predict.check_submission(ok, [1, 2], ["eeg_id", *LABEL_COLS])
+    submission.check_submission(ok, [1, 2], ["eeg_id", *LABEL_COLS])
     bad = ok.copy()
     bad.loc[0, "other_vote"] = 0.5
     with pytest.raises(DataError, match="sums to 1"):
-        predict.check_submission(bad, [1, 2], ["eeg_id", *LABEL_COLS])
+        submission.check_submission(bad, [1, 2], ["eeg_id", *LABEL_COLS])
     with pytest.raises(DataError, match="eeg_ids do not match"):
-        predict.check_submission(ok, [1, 3], ["eeg_id", *LABEL_COLS])
+        submission.check_submission(ok, [1, 3], ["eeg_id", *LABEL_COLS])
     with pytest.raises(DataError, match="columns"):
-        predict.check_submission(ok[["eeg_id", *LABEL_COLS[::-1]]], [1, 2], ["eeg_id", *LABEL_COLS])
+        submission.check_submission(ok[["eeg_id", *LABEL_COLS[::-1]]], [1, 2], ["eeg_id", *LABEL_COLS])
 
 
 def test_kaggle_test_recording_not_50_s_is_scored_as_before_with_a_warning(tiny_data, runs, tmp_path, capsys):

@@ -10,10 +10,11 @@ from scipy.signal import resample_poly
 
 from data import recording
 from data.signal import EEG_COLUMNS, FS, LABEL_COLS, MONTAGE_ELECTRODES, WINDOW
-from utils import blend, timeline
+from inference import blend, timeline
 from utils.io import DataError, run_cli
 
 from conftest import CLINICAL, make_run, synthetic, write_edf
+from inference import recordings
 from scripts import predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,7 +56,7 @@ def score(files, output_dir, tmp_path, *extra) -> dict:
     assert run_cli(predict.main, args) == 0
     tables = {}
     for f in files:
-        name = predict.output_name(f)
+        name = recordings.output_name(f)
         assert (pred / f"{name}_timeline.png").stat().st_size > 10_000
         tables[f.name] = pd.read_csv(pred / f"{name}_windows.csv")
     return tables

@@ -14,8 +14,8 @@ import torch
 
 import train
 from data.signal import LOGIT_COLS
-from scripts import predict
-from utils import blend
+from inference import ensemble
+from inference import blend
 from utils import checkpoint as ckpt
 from utils.io import run_cli
 
@@ -56,9 +56,9 @@ def test_interrupted_force_keeps_the_old_run_whole(tiny_data, tmp_path, capsys):
     base = args(tiny_data, out, "--seed", "5", "--num_workers", "0")
     run_ok(base + ["--epochs", "1"])
     d = ckpt.run_dir(out, "cfg_2a", 0, 5)
-    old_ckpt, old_logits = (d / ckpt.FINAL).read_bytes(), (d / "val_logits.csv").read_bytes()
+    old_ckpt, old_logits = (d / ckpt.CHECKPOINT_FILE).read_bytes(), (d / "val_logits.csv").read_bytes()
     run_ok(base + ["--epochs", "2", "--force", "--stop_after_epochs", "1"])  # interrupted retrain
-    assert (d / ckpt.FINAL).read_bytes() == old_ckpt and (d / "val_logits.csv").read_bytes() == old_logits
+    assert (d / ckpt.CHECKPOINT_FILE).read_bytes() == old_ckpt and (d / "val_logits.csv").read_bytes() == old_logits
     assert '"epochs": 1' in (d / "config.json").read_text()
     assert ckpt.is_interrupted(ckpt.staging_dir(d))
     # blend and predict agree: the old run is the finished one
@@ -68,11 +68,11 @@ def test_interrupted_force_keeps_the_old_run_whole(tiny_data, tmp_path, capsys):
     assert n == 1 and oof[LOGIT_COLS].to_numpy().tolist() == old[LOGIT_COLS].to_numpy().tolist()
     blend_file = tmp_path / "blend.json"
     blend_file.write_text(json.dumps({"weights": {"cfg_2a": 1.0}, "bias": [0.0] * 6}))
-    _, runs = predict.load_ensemble(out, blend_file, tiny_data)
+    _, runs = ensemble.load_ensemble(out, blend_file, tiny_data)
     assert [(r, c.epochs) for r, c in runs["cfg_2a"]] == [(d, 1)]  # the old run and its config
     # resuming the retrain finishes it and only then replaces the old run
     run_ok(base + ["--epochs", "2", "--force", "--resume"])
-    assert (d / ckpt.FINAL).read_bytes() != old_ckpt and '"epochs": 2' in (d / "config.json").read_text()
+    assert (d / ckpt.CHECKPOINT_FILE).read_bytes() != old_ckpt and '"epochs": 2' in (d / "config.json").read_text()
     assert not ckpt.staging_dir(d).exists() and ckpt.is_finished(d)
     assert sorted(p.name for p in d.parent.iterdir()) == ["seed5"]
 
@@ -82,8 +82,8 @@ def test_zero_length_checkpoint_is_named_and_trained_again(tiny_data, tmp_path, 
     base = args(tiny_data, out, "--seed", "6", "--num_workers", "0", "--epochs", "1")
     run_ok(base)
     d = ckpt.run_dir(out, "cfg_2a", 0, 6)
-    (d / ckpt.FINAL).write_bytes(b"")  # a power loss before the data reached the disk
-    assert ckpt.run_state(d) == ckpt.NOT_STARTED and ckpt.checkpoint_problem(d / ckpt.FINAL) == "zero-length file"
+    (d / ckpt.CHECKPOINT_FILE).write_bytes(b"")  # a power loss before the data reached the disk
+    assert ckpt.run_state(d) == ckpt.NOT_STARTED and ckpt.checkpoint_problem(d / ckpt.CHECKPOINT_FILE) == "zero-length file"
     assert ckpt.finished_runs(out, "cfg_2a") == [] and blend.config_oof(out, "cfg_2a", folds=(0,))[0] is None
     capsys.readouterr()
     run_ok(base)  # not finished, so no --force needed
@@ -151,9 +151,9 @@ def test_resume_after_a_precision_or_device_change_works_and_says_so(tiny_data, 
     base = args(tiny_data, out, "--seed", "3", "--num_workers", "0", "--epochs", "2")
     run_ok(base + ["--cpu_amp", "True", "--stop_after_epochs", "1"])
     d = ckpt.run_dir(out, "cfg_2a", 0, 3)
-    state = ckpt.load(d / ckpt.RESUME)
+    state = ckpt.load(d / ckpt.RESUME_FILE)
     state["device"] = "cuda"  # as if the first epoch had run on a GPU
-    ckpt.save(state, d / ckpt.RESUME)
+    ckpt.save(state, d / ckpt.RESUME_FILE)
     capsys.readouterr()
     run_ok(base + ["--cpu_amp", "False", "--resume"])
     text = capsys.readouterr().out

@@ -65,7 +65,7 @@ def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):
 
 FAKE_PYTHON = """#!/usr/bin/env bash
 # stands in for `python train.py -C cfg --fold f --seed s ... --output_dir d`: records the call, marks the run
-# done with a complete checkpoint; any other call (the sweep itself: -m utils.sweep) goes to the real python
+# done with a complete checkpoint; any other call (the sweep itself: -m sweep) goes to the real python
 [ "$1" = train.py ] || exec "$REAL_PYTHON" "$@"
 shift; cfg=$2; fold=$4; seed=$6; out=output
 while [ $# -gt 0 ]; do [ "$1" = --output_dir ] && out=$2; shift; done

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import LocalSlurm, missing_programs
 
-from scripts.demo import demo_overrides
+from configs.demo import demo_overrides
 from utils import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +95,7 @@ def test_cancelled_task_resumes_when_the_array_is_submitted_again(cluster, data,
                              train_args=over)
     slow = ckpt.run_dir(out, "cfg_2a", 1, 1001)  # task 1
     end = time.monotonic() + 240
-    while not (slow / ckpt.RESUME).is_file():  # the first epoch's resume state
+    while not (slow / ckpt.RESUME_FILE).is_file():  # the first epoch's resume state
         assert time.monotonic() < end and cluster.active(f"{array}_1"), cluster.logs()
         time.sleep(0.1)
     assert cluster.run("scancel", f"{array}_1").returncode == 0
@@ -109,7 +109,7 @@ def test_cancelled_task_resumes_when_the_array_is_submitted_again(cluster, data,
     assert "CANCELLED" in blend_log
     assert "no blend on a partial set" in blend_log and not (out / "blend_weights.json").exists()
 
-    done = ckpt.run_dir(out, "cfg_2a", 0, 1001) / ckpt.FINAL
+    done = ckpt.run_dir(out, "cfg_2a", 0, 1001) / ckpt.CHECKPOINT_FILE
     stamp = done.stat().st_mtime_ns
     array2 = sbatch(cluster, out / "slurm" / "train_array.sbatch")  # the kept script, as it is
     blend2 = sbatch(cluster, f"--dependency=afterany:{array2}", out / "slurm" / "blend.sbatch")

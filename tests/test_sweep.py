@@ -1,4 +1,4 @@
-"""utils/sweep.py and utils/slurm.py without a cluster: the run list, option parsing, the generated sbatch
+"""sweep/runs.py and sweep/slurm.py without a cluster: the run list, option parsing, the generated sbatch
 scripts (executed by bash with a recording stand-in for python), submission order and dependency (a
 recording stand-in for sbatch), the array task's re-check of a run, and the blend job's check."""
 import os
@@ -9,7 +9,8 @@ from collections import Counter
 import pytest
 
 from utils import checkpoint as ckpt
-from utils import slurm, sweep
+from sweep import cli, slurm
+from sweep import runs as sweep
 from utils.config import ConfigError
 
 RECORD = """#!/usr/bin/env bash
@@ -51,16 +52,16 @@ def test_selection_and_demo_runs():
 
 
 def test_options_and_pass_through():
-    opts = sweep.parse_args(["--configs", "cfg_1,cfg_3", "--epochs", "1", "--output-dir", "a", "--gpus=0,1",
+    opts = cli.parse_args(["--configs", "cfg_1,cfg_3", "--epochs", "1", "--output-dir", "a", "--gpus=0,1",
                              "--dry-run", "--", "--output_dir", "b", "--lr", "-1e-3", "--slurm"])
     assert opts.configs == ["cfg_1", "cfg_3"] and opts.gpus == ["0", "1"] and opts.dry_run and not opts.slurm
     assert opts.train_args == ["--epochs", "1", "--output_dir", "a", "--output_dir", "b", "--lr", "-1e-3", "--slurm"]
     assert opts.output_dir == "b"  # train.py's last --output_dir is where the runs go
-    assert sweep.parse_args([]).output_dir == "output"
+    assert cli.parse_args([]).output_dir == "output"
     for bad, message in ((["--shard", "2/2"], "0 <= i < n"), (["--max-parallel", "0"], "integer >= 1"),
                          (["--configs"], "needs a value")):
         with pytest.raises(ConfigError, match=message):
-            sweep.parse_args(bad)
+            cli.parse_args(bad)
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
@@ -68,13 +69,13 @@ def test_bad_input_is_one_line(tmp_path, capsys):
              (["--folds", "5"], "bad fold 5"), (["--slurm", "--shard", "0/2"], "--shard and --gpus are for"),
              (["--slurm", "--time", "soon"], "--time expects"), (["--gpus"], "--gpus needs a value"))
     for args, message in cases:
-        assert sweep.cli(["--dry-run", *args, "--output_dir", str(tmp_path)]) == 2
+        assert cli.cli(["--dry-run", *args, "--output_dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def slurm_opts(tmp_path, *extra):
-    return sweep.parse_args(["--slurm", "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *extra])
+    return cli.parse_args(["--slurm", "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *extra])
 
 
 def test_array_script_runs_each_task_with_its_run_and_exact_arguments(tmp_path):
@@ -93,7 +94,7 @@ def test_array_script_runs_each_task_with_its_run_and_exact_arguments(tmp_path):
     env = {**os.environ, "PYTHON": str(fake), "RECORD_TO": str(tmp_path / "calls"), "SLURM_ARRAY_TASK_ID": "5"}
     subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
     [call] = recorded(tmp_path / "calls")  # task 5 = cfg_2a fold 1; its state is checked by `sweep task`
-    assert call == ["-m", "utils.sweep", "task", "cfg_2a", "1", "1001", "--nproc", "2", "--",
+    assert call == ["-m", "sweep", "task", "cfg_2a", "1", "1001", "--nproc", "2", "--",
                     "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *tricky]
 
 
@@ -103,7 +104,7 @@ def test_cpu_array_has_no_gpu_request_and_no_throttle_unless_asked(tmp_path):
 
 
 def test_submission_writes_both_scripts_and_the_blend_depends_on_the_array(tmp_path, monkeypatch, capsys):
-    ckpt.save({"epoch": 0}, sweep.Run("cfg_4", 0, 1002).folder(tmp_path / "out") / ckpt.FINAL)
+    ckpt.save({"epoch": 0}, sweep.SweepRun("cfg_4", 0, 1002).folder(tmp_path / "out") / ckpt.CHECKPOINT_FILE)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     recorder(bin_dir, "sbatch", extra='[ -f "$RECORD_TO.n" ] && echo 102 || { echo 101; touch "$RECORD_TO.n"; }')
@@ -116,7 +117,7 @@ def test_submission_writes_both_scripts_and_the_blend_depends_on_the_array(tmp_p
                                             ["--parsable", "--dependency=afterany:101", str(folder / "blend.sbatch")]]
     assert "#SBATCH --array=0-8\n" in (folder / "train_array.sbatch").read_text()  # 10 runs, 1 finished
     blend = (folder / "blend.sbatch").read_text()
-    assert (f"-m utils.sweep check --configs cfg_4 --folds 0,-1 --output_dir {tmp_path / 'out'} --partial || exit 1"
+    assert (f"-m sweep check --configs cfg_4 --folds 0,-1 --output_dir {tmp_path / 'out'} --partial || exit 1"
             in blend)
     assert (f"scripts/blend_weights.py --data-dir /data/hms --output-dir {tmp_path / 'out'} --configs cfg_4 --folds 0"
             in blend)
@@ -134,12 +135,12 @@ def test_task_rechecks_the_run_when_it_starts(tmp_path):
            "SLURM_ARRAY_TASK_ID": "1"}
 
     def task(*run):
-        return subprocess.run([sys.executable, "-m", "utils.sweep", "task", *run, "--", "--output_dir", str(out)],
+        return subprocess.run([sys.executable, "-m", "sweep", "task", *run, "--", "--output_dir", str(out)],
                               cwd=sweep.ROOT, env=env, capture_output=True, text=True, timeout=120)
 
     (out / "cfg_1/fold2/seed1001").mkdir(parents=True)
-    (out / "cfg_1/fold2/seed1001" / ckpt.RESUME).write_bytes(b"x")  # interrupted: resumes
-    ckpt.save({"epoch": 0}, out / "cfg_1/fold3/seed1001" / ckpt.FINAL)  # finished: never trained again
+    (out / "cfg_1/fold2/seed1001" / ckpt.RESUME_FILE).write_bytes(b"x")  # interrupted: resumes
+    ckpt.save({"epoch": 0}, out / "cfg_1/fold3/seed1001" / ckpt.CHECKPOINT_FILE)  # finished: never trained again
     res = task("cfg_1", "2", "1001")
     assert res.returncode == 0 and "was interrupted: resuming" in res.stdout, res.stderr
     res = task("cfg_1", "3", "1001")
@@ -148,7 +149,7 @@ def test_task_rechecks_the_run_when_it_starts(tmp_path):
                                              "--output_dir", str(out)]]
     log = (out / "logs" / "cfg_1_fold2_seed1001.log").read_text()
     assert log.startswith("=== sweep task 7_1 on ") and "training train.py" in log
-    state = subprocess.run([sys.executable, "-m", "utils.sweep", "state", "cfg_1", "3", "1001", "--output_dir",
+    state = subprocess.run([sys.executable, "-m", "sweep", "state", "cfg_1", "3", "1001", "--output_dir",
                             str(out)], cwd=sweep.ROOT, capture_output=True, text=True, timeout=120)
     assert state.stdout.strip() == ckpt.FINISHED
 
@@ -156,15 +157,15 @@ def test_task_rechecks_the_run_when_it_starts(tmp_path):
 def test_check_names_each_unfinished_run_and_stops_a_partial_blend(tmp_path, capsys):
     out = tmp_path / "out"
     fin, cut, empty = sweep.make_runs(["cfg_5b"], [0], [1, 2, 3])
-    ckpt.save({"epoch": 0}, fin.folder(out) / ckpt.FINAL)
+    ckpt.save({"epoch": 0}, fin.folder(out) / ckpt.CHECKPOINT_FILE)
     (cut.folder(out)).mkdir(parents=True)
-    (cut.folder(out) / ckpt.RESUME).write_bytes(b"x")
+    (cut.folder(out) / ckpt.RESUME_FILE).write_bytes(b"x")
     (out / "logs" / "slurm").mkdir(parents=True)
     cut.log(out).write_text("=== sweep task 9_1 on node3: cfg_5b fold 0 seed 2 was not started\nepoch 1/16: 40%")
     (out / "logs" / "slurm" / "train_9_1.out").write_text("slurmstepd: error: *** JOB 10 ON node3 CANCELLED AT 12:00 "
                                                           "DUE TO TIME LIMIT ***\n")
     empty.folder(out).mkdir(parents=True)
-    (empty.folder(out) / ckpt.FINAL).write_bytes(b"")
+    (empty.folder(out) / ckpt.CHECKPOINT_FILE).write_bytes(b"")
     assert slurm.check_finished([fin, cut, empty], out) == 1
     text = capsys.readouterr()
     assert "check: 1 of 3 run(s) finished" in text.out

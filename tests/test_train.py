@@ -9,7 +9,7 @@ import torch
 import train
 from data.signal import LOGIT_COLS
 from utils import checkpoint as ckpt
-from utils.build import build_model
+from engine.build import build_model
 from utils.io import run_cli
 
 # cfg_2a (mdl_2 + ds_2, curriculum reloads) shrunk so a CPU step takes about a second
@@ -56,18 +56,18 @@ def test_one_epoch_writes_all_outputs(tiny_data, tmp_path, capsys, monkeypatch):
     assert metrics[["train_loss", "val_loss", "val_kl", "prior_kl"]].notna().all(axis=None)
     assert (d / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    state = torch.load(d / ckpt.FINAL, weights_only=True)
+    state = torch.load(d / ckpt.CHECKPOINT_FILE, weights_only=True)
     model = build_model(train.parse_args(args)[0])
     model.load_state_dict(state["model"])
-    assert state["seed"] == 3 and not (d / ckpt.RESUME).exists()
+    assert state["seed"] == 3 and not (d / ckpt.RESUME_FILE).exists()
 
     # the same run folder again: refused, not overwritten
-    mtime = (d / ckpt.FINAL).stat().st_mtime_ns
+    mtime = (d / ckpt.CHECKPOINT_FILE).stat().st_mtime_ns
     assert run_cli(train.main, args) == 2
     assert "finished run" in capsys.readouterr().err
-    assert (d / ckpt.FINAL).stat().st_mtime_ns == mtime
+    assert (d / ckpt.CHECKPOINT_FILE).stat().st_mtime_ns == mtime
     run_ok(args + ["--force"])  # ... unless asked to retrain it
-    assert (d / ckpt.FINAL).stat().st_mtime_ns != mtime
+    assert (d / ckpt.CHECKPOINT_FILE).stat().st_mtime_ns != mtime
 
 
 def test_random_seed_is_drawn_and_recorded_and_cpu_amp_runs(tiny_data, tmp_path, capsys):
@@ -87,7 +87,7 @@ def test_same_seed_same_logits_and_resume_equals_uninterrupted(tiny_data, tmp_pa
     run_ok(train_args(tiny_data, tmp_path / "a", *extra))
     run_ok(train_args(tiny_data, tmp_path / "b", *extra, "--stop_after_epochs", "1"))
     b = folder(tmp_path / "b", 5)
-    assert (b / ckpt.RESUME).is_file() and not (b / ckpt.FINAL).exists()
+    assert (b / ckpt.RESUME_FILE).is_file() and not (b / ckpt.CHECKPOINT_FILE).exists()
     assert len(pd.read_csv(b / "metrics.csv")) == 1 and not (b / "val_logits.csv").exists()  # unfinished: no logits
     assert run_cli(train.main, train_args(tiny_data, tmp_path / "b", *extra)) == 2  # interrupted: needs --resume
     assert "--resume" in capsys.readouterr().err
@@ -100,7 +100,7 @@ def test_same_seed_same_logits_and_resume_equals_uninterrupted(tiny_data, tmp_pa
     pd.testing.assert_frame_equal(la, lc)  # same seed, same result
     pd.testing.assert_frame_equal(la, lb)  # resumed == uninterrupted
     pd.testing.assert_frame_equal(pd.read_csv(a / "metrics.csv"), pd.read_csv(b / "metrics.csv"))
-    wa, wb = (torch.load(x / ckpt.FINAL, weights_only=True)["model"] for x in (a, b))
+    wa, wb = (torch.load(x / ckpt.CHECKPOINT_FILE, weights_only=True)["model"] for x in (a, b))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
     run_ok(train_args(tiny_data, tmp_path / "d", "--epochs", "2", "--seed", "6", "--grad_accumulation", "2"))
@@ -137,7 +137,7 @@ def test_neptune_failure_never_stops_training(tiny_data, tmp_path, capsys, monke
                       "--neptune_mode", "async"))
     assert "neptune: disabled after error" in capsys.readouterr().out
     d = folder(out, 1)
-    assert (d / ckpt.FINAL).is_file() and len(pd.read_csv(d / "metrics.csv")) == 1
+    assert (d / ckpt.CHECKPOINT_FILE).is_file() and len(pd.read_csv(d / "metrics.csv")) == 1
 
 
 def test_bad_fold_and_too_large_batch_are_errors(tiny_data, tmp_path, capsys):

@@ -18,7 +18,7 @@ def test_amp_dtype_trains_on_the_cpu_and_keeps_the_scaler_state(tiny_data, tmp_p
     assert run_cli(train.main, argv + ["--stop_after_epochs", "1"]) == 0
     assert f"amp {dtype}" in capsys.readouterr().out
     d = ckpt.run_dir(tmp_path, "cfg_2a", 0, 8)
-    scaler = ckpt.load(d / ckpt.RESUME)["scaler"]
+    scaler = ckpt.load(d / ckpt.RESUME_FILE)["scaler"]
     assert bool(scaler) == (dtype == "float16")  # fp16 scales the loss (scale saved for resume), bf16 does not
     assert run_cli(train.main, argv + ["--resume"]) == 0
     logits = pd.read_csv(d / "val_logits.csv").iloc[:, 2:].to_numpy()

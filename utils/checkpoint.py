@@ -7,7 +7,7 @@ A run folder <output_dir>/<name>/fold<fold>/seed<seed>/ is
 - *interrupted* when it is not finished and holds the per-epoch resume state last_state.pth;
 - *not started* otherwise (a zero-length or truncated checkpoint.pth counts as not finished, and
   `checkpoint_problem` names it).
-train.py, run_train.sh (through utils/sweep), the blend, predict, plot_sample and the demo all use
+train.py, run_train.sh (through sweep/), the blend, predict, plot_sample and the demo all use
 `run_state` / `is_finished` from here and nothing else.
 """
 from __future__ import annotations
@@ -23,8 +23,8 @@ from types import SimpleNamespace
 from utils.config import cfg_from_dict
 from utils.io import DataError, atomic_write_text, fsync_path
 
-FINAL = "checkpoint.pth"
-RESUME = "last_state.pth"
+CHECKPOINT_FILE = "checkpoint.pth"  # a finished run's weights, written last
+RESUME_FILE = "last_state.pth"  # an interrupted run's resume state
 
 
 def run_dir(output_dir, name: str, fold: int, seed: int) -> Path:
@@ -56,9 +56,9 @@ def checkpoint_problem(path) -> str | None:
 def run_state(path) -> str:
     """FINISHED, INTERRUPTED or NOT_STARTED: the one rule for a run folder."""
     path = Path(path)
-    if checkpoint_problem(path / FINAL) is None:
+    if checkpoint_problem(path / CHECKPOINT_FILE) is None:
         return FINISHED
-    return INTERRUPTED if (path / RESUME).is_file() else NOT_STARTED
+    return INTERRUPTED if (path / RESUME_FILE).is_file() else NOT_STARTED
 
 
 def staging_dir(final) -> Path:

@@ -1,14 +1,10 @@
-"""Checked reading of the competition files: every failure is one line naming the file and the fault."""
+"""Checked file reading and durable writes: every failure is one line naming the file and the fault."""
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
-
-from data.signal import EEG_COLUMNS
 
 
 class DataError(ValueError):
@@ -37,26 +33,6 @@ def read_csv_checked(path, required=(), what: str = "csv") -> pd.DataFrame:
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return df
-
-
-def read_eeg_parquet(path) -> np.ndarray:
-    """Whole recording as float32 (T, 20) in EEG_COLUMNS order (NaN kept)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: eeg file not found")
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except Exception as err:  # noqa: BLE001
-        raise DataError(f"{path}: unreadable parquet: {type(err).__name__}: {str(err).splitlines()[0]}") from None
-    missing = [c for c in EEG_COLUMNS if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing eeg column(s) {', '.join(missing)}")
-    if table.num_rows == 0:
-        raise DataError(f"{path}: eeg file has no rows")
-    return np.stack([table.column(c).to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-                     for c in EEG_COLUMNS], axis=1)
 
 
 def fsync_path(path) -> None:

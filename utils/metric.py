@@ -1,10 +1,10 @@
-"""The competition metric (docs/solution.md §2): Kaggle's micro-averaged KL divergence, written once."""
+"""The competition metric (docs/solution.md §2): Kaggle's micro-averaged KL divergence, written once.
+
+Plain arrays and frames: the label columns are the caller's (data/signal.py holds the competition's)."""
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-
-from data.signal import LABEL_COLS
 
 EPS = 1e-15
 
@@ -43,8 +43,11 @@ def kl_from_logits(target: np.ndarray, logits: np.ndarray) -> float:
 
 
 def score(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name: str = "eeg_id",
-          label_cols=LABEL_COLS, atol: float = 1e-4) -> float:
-    """Kaggle's score: solution holds votes (or shares), submission probabilities; matched by id."""
+          label_cols=None, atol: float = 1e-4) -> float:
+    """Kaggle's score: solution holds votes (or shares), submission probabilities; matched by id. The
+    classes are `label_cols`, by default every column of the solution but the id (as Kaggle's metric)."""
+    if label_cols is None:
+        label_cols = [c for c in solution.columns if c != row_id_column_name]
     for name, df in (("solution", solution), ("submission", submission)):
         missing = [c for c in [row_id_column_name, *label_cols] if c not in df.columns]
         if missing:
@@ -71,25 +74,3 @@ def prior_kl(train_targets: np.ndarray, val_targets: np.ndarray) -> float:
     prior = np.asarray(train_targets, dtype=np.float64).mean(axis=0)
     val = np.asarray(val_targets, dtype=np.float64)
     return kl_divergence(val, np.broadcast_to(prior, val.shape))
-
-
-def oracle_kl(rows_df: pd.DataFrame, data_dir) -> float | None:
-    """KL of predicting each row's latent class probabilities (synthetic data only: the best any
-    model can score on these rows); None when <data_dir>/synthetic_latent.csv is absent."""
-    from pathlib import Path
-
-    from utils.io import DataError, read_csv_checked
-
-    path = Path(data_dir) / "synthetic_latent.csv"
-    if not path.is_file():
-        return None
-    latent = read_csv_checked(path, required=("label_id", *LABEL_COLS), what="latent probabilities")
-    if "label_id" not in rows_df.columns:
-        raise MetricError("rows have no label_id column")
-    lat = latent.set_index("label_id")[list(LABEL_COLS)]
-    missing = ~rows_df["label_id"].isin(lat.index)
-    if missing.any():
-        raise DataError(f"{path}: {int(missing.sum())} row(s) have no latent probabilities "
-                        f"(e.g. label_id {rows_df['label_id'][missing].iloc[0]}); regenerate the data")
-    pred = lat.loc[rows_df["label_id"]].to_numpy(np.float64)
-    return kl_divergence(votes_to_target(rows_df[list(LABEL_COLS)].to_numpy()), pred)

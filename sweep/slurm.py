@@ -2,7 +2,7 @@
 
 `./run_train.sh --slurm` writes two scripts into <output_dir>/slurm/ (kept there to read, edit and
 resubmit), submits the array, then the blend job with --dependency=afterany on it. Faults:
-- each array task re-checks its run when it starts (`python -m utils.sweep task`): a finished run is
+- each array task re-checks its run when it starts (`python -m sweep task`): a finished run is
   never trained twice, an interrupted one (cancelled, timed out, node lost) resumes from its last epoch,
   so after any fault the same array is simply submitted again;
 - afterany, not afterok: with afterok one failed task would leave the blend pending forever
@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 
 from utils import checkpoint as ckpt
-from utils import sweep
-from utils.blend import BLEND_FILE, BLEND_FOLDS
+from sweep import runs
+from configs.ensemble import BLEND_FILE, BLEND_FOLDS, FOLD_SEEDS
 from utils.cli import shell_quote
 from utils.config import ConfigError, load_config
 
@@ -33,14 +33,14 @@ TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
 
 # --- the scripts ----------------------------------------------------------------------------------
 def abs_dir(path) -> Path:
-    return Path(os.path.abspath(sweep.ROOT / path))
+    return Path(os.path.abspath(runs.ROOT / path))
 
 
 def sbatch_lines(opts, name: str, output: str, gpus: int) -> list[str]:
     """#SBATCH lines shared by both jobs (the blend asks for no GPU). CPUs by default: 8 per GPU, as many as
     train.py's loader workers (the reference's 8), so the data keeps up; 1 without a GPU."""
     log = abs_dir(opts.output_dir) / "logs" / "slurm" / output
-    lines = [f"--job-name={name}", f"--chdir={sweep.ROOT}", f"--output={log}", "--ntasks=1",
+    lines = [f"--job-name={name}", f"--chdir={runs.ROOT}", f"--output={log}", "--ntasks=1",
              f"--cpus-per-task={opts.cpus_per_run or (8 * gpus if gpus else 1)}"]
     lines += [f"--gres=gpu:{gpus}"] if gpus else []
     lines += [f"--partition={opts.partition}"] if opts.partition else []
@@ -72,7 +72,7 @@ def grouped_args(args: list[str]) -> list[str]:
 
 
 def python_line() -> str:
-    py = sweep.python_cmd()
+    py = runs.python_cmd()
     return f"PYTHON=${{PYTHON:-{shutil.which(py) or py}}}"
 
 
@@ -97,19 +97,19 @@ def array_script(todo: list, opts) -> str:
         *bash_array("TRAIN_ARGS", grouped_args(opts.train_args), "passed to every train.py"),
         "",
         'read -r CONFIG FOLD SEED <<< "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-        " ".join(['exec "$PYTHON" -m utils.sweep task "$CONFIG" "$FOLD" "$SEED"', *nproc, '-- "${TRAIN_ARGS[@]}"']),
+        " ".join(['exec "$PYTHON" -m sweep task "$CONFIG" "$FOLD" "$SEED"', *nproc, '-- "${TRAIN_ARGS[@]}"']),
     ]
     return "\n".join(head) + "\n"
 
 
 def blend_folds(opts) -> list[int]:
-    return [f for f in (sweep.FOLD_SEEDS if opts.folds is None else opts.folds) if f in BLEND_FOLDS]
+    return [f for f in (FOLD_SEEDS if opts.folds is None else opts.folds) if f in BLEND_FOLDS]
 
 
 def blend_script(selected: list, opts) -> str:
     """Check that every selected run finished (naming those that did not), then fit the blend."""
-    data_dir = sweep.train_arg(opts.train_args, "data_dir", load_config(selected[0].config).data_dir)
-    check = ["-m", "utils.sweep", "check", *selection_args(opts, selected), "--output_dir", opts.output_dir]
+    data_dir = runs.train_arg(opts.train_args, "data_dir", load_config(selected[0].config).data_dir)
+    check = ["-m", "sweep", "check", *selection_args(opts, selected), "--output_dir", opts.output_dir]
     check += ["--partial"] if opts.blend_partial else []
     configs = list(dict.fromkeys(r.config for r in selected))
     blend = ["scripts/blend_weights.py", "--data-dir", data_dir, "--output-dir", opts.output_dir,
@@ -152,7 +152,7 @@ def sbatch(path: Path, dependency: str | None = None) -> str:
 def submit_sweep(opts, selected: list) -> int:
     """Write the array and blend scripts, submit them (or print them with --dry-run), say where runs log."""
     check_options(opts)
-    todo = sweep.unfinished(selected, opts.output_dir)
+    todo = runs.unfinished(selected, opts.output_dir)
     scripts = {}
     if todo:
         scripts[ARRAY_FILE] = array_script(todo, opts)
@@ -207,18 +207,18 @@ def run_task(run, opts) -> int:
     """One run as an array task: its state is checked now (finished: nothing to do; interrupted: resume),
     its train.py output appended to the run's log after a header naming the task."""
     state = run.state(opts.output_dir)
-    header = f"{sweep.TASK_HEADER} {task_id() or '(no slurm job)'} on {socket.gethostname()}: {run} was {state}"
+    header = f"{runs.TASK_HEADER} {task_id() or '(no slurm job)'} on {socket.gethostname()}: {run} was {state}"
     if state == ckpt.FINISHED:
         print(f"{header}: already finished, not trained again", flush=True)
         return 0
     nproc = opts.nproc
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    job = sweep.Job(run, opts.output_dir, opts.train_args, append=True, header=header, launcher=launcher)
+    job = runs.Job(run, opts.output_dir, opts.train_args, append=True, header=header, launcher=launcher)
     print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
-          f"train.py output: {sweep.ROOT / job.log}", flush=True)
-    [res] = sweep.run_jobs([job])
+          f"train.py output: {runs.ROOT / job.log}", flush=True)
+    [res] = runs.run_jobs([job])
     print(f"{run}: {'finished' if res.ok else f'FAILED (exit status {res.returncode})'} after {res.seconds:.0f} s"
-          + ("" if res.ok else f"; last lines of its log:\n{sweep.tail(sweep.ROOT / job.log)}"), flush=True)
+          + ("" if res.ok else f"; last lines of its log:\n{runs.tail(runs.ROOT / job.log)}"), flush=True)
     return res.returncode
 
 
@@ -235,12 +235,12 @@ def last_attempt(run, output_dir) -> str:
     task's own last line (e.g. SLURM's CANCELLED or TIME LIMIT) and its log's last line."""
     log = abs_dir(run.log(output_dir))
     try:
-        heads = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(sweep.TASK_HEADER)]
+        heads = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(runs.TASK_HEADER)]
     except OSError:
         return f"no log ({log})"
     if not heads:
         return f"not run by a sweep task; log {log}: {last_line(log)}"
-    task = heads[-1][len(sweep.TASK_HEADER):].split()[0]
+    task = heads[-1][len(runs.TASK_HEADER):].split()[0]
     own = abs_dir(output_dir) / "logs" / "slurm" / f"train_{task}.out"
     ended = last_line(own)
     return f"task {task}" + (f" ended with: {ended} ({own})" if ended else "") + f"; log {log}: {last_line(log)}"
@@ -251,8 +251,8 @@ def check_finished(runs, output_dir, partial: bool = False) -> int:
     bad = [r for r in runs if r.state(output_dir) != ckpt.FINISHED]
     print(f"check: {len(runs) - len(bad)} of {len(runs)} run(s) finished under {abs_dir(output_dir)}")
     for run in bad:
-        problem = ckpt.checkpoint_problem(run.folder(output_dir) / ckpt.FINAL)
-        state = run.state(output_dir) + ("" if problem == "missing" else f", {ckpt.FINAL}: {problem}")
+        problem = ckpt.checkpoint_problem(run.folder(output_dir) / ckpt.CHECKPOINT_FILE)
+        state = run.state(output_dir) + ("" if problem == "missing" else f", {ckpt.CHECKPOINT_FILE}: {problem}")
         print(f"  NOT FINISHED: {run} ({state}); {last_attempt(run, output_dir)}")
     if bad and not partial:
         print(f"error: {len(bad)} run(s) did not finish, so no blend on a partial set: submit the sweep again "

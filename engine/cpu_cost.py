@@ -19,6 +19,7 @@ smaller backbone) has no estimate: it is not a GPU-sized run.
 """
 from __future__ import annotations
 
+from configs.demo import demo_overrides
 from utils.cli import shell_quote
 from utils.config import available_configs, load_config
 
@@ -34,7 +35,7 @@ CPU_MEASURED = {
 SIZE_FIELDS = ("model", "backbone", "in_chans", "window_len", "spec_args", "spec_args_center", "enlarge_len",
                "cut_from_large_mel", "frontend_filters", "sq_dim", "sq_heads", "sq_layers", "sq_conv_kernel",
                "sq_ff_expansion", "rotary_max_len")
-# the demo's overrides that set the model's size (scripts/demo.py demo_overrides), quoted in the warning
+# the demo's overrides that set the model's size (configs/demo.py), quoted in the warning
 DEMO_SIZE_KEYS = ("pretrained", "backbone", "spec_args", "spec_args_center", "frontend_filters", "sq_dim",
                   "sq_heads", "sq_layers", "batch_size")
 
@@ -72,8 +73,6 @@ def estimate_step_minutes(cfg) -> float | None:
 
 def demo_size_overrides(name: str) -> str:
     """The demo's size overrides for config `name`, shell-quoted, e.g. '--backbone test_efficientnet ...'."""
-    from scripts.demo import demo_overrides  # lazy: scripts/ imports the training stack
-
     tokens = demo_overrides(name)
     keep = []
     for key, value in zip(tokens[::2], tokens[1::2]):

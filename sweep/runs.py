@@ -1,39 +1,15 @@
-"""The training sweep: which runs there are, the state of each, and one runner for them.
+"""The reproduction's runs, the state of each, and the one local runner.
 
 The full reproduction is 9 configs x (folds 0-3 with seeds 1001, 1002 + fold -1 with seeds 2001-2008)
-= 144 runs with fixed seeds (docs/solution.md §8). `make_runs` is the only place that list is
-written; `run_state` of utils/checkpoint is the only rule for whether a run is finished. The local
-runner (`run_jobs`: N train.py processes at a time, env vars per slot) serves ./run_train.sh and the
-demo; utils/slurm.py turns the same list into a SLURM job array.
-
-Usage (./run_train.sh is this command):
-  ./run_train.sh [selection] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [train.py args]
-  ./run_train.sh [selection] --slurm [--partition P] [--gpus-per-run 1] [--cpus-per-run C] [--max-parallel N]
-                 [--time HH:MM:SS] [--blend-partial] [--sbatch-arg ARG] [--dry-run] [-- train.py args]
-
-  selection        --configs cfg_2a,cfg_5a (default: all nine)  --folds 0,1,2,3,-1  --seeds 7,8 (replace the
-                   reference seeds of every chosen fold)
-  --gpus LIST      one run per listed GPU at a time (CUDA_VISIBLE_DEVICES); default: one run at a time
-  --shard i/n      every n-th run starting at run i (i = 0..n-1), to split the runs over machines
-  --dry-run        print the train.py commands (with --slurm: the sbatch scripts) and exit
-  --slurm          submit a job array (one task per unfinished run) and a blend job after it
-                   (CPUs per task: --cpus-per-run, default 8 per GPU for the loader workers, 1 without)
-  train.py args    anything else (or everything after --) goes to every train.py call, e.g.
-                   --data_dir /data --output_dir /runs --epochs 1
-Finished runs are skipped, interrupted ones resumed. Each run logs to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log;
-locally the first failure stops new runs from starting.
-
-Inside SLURM jobs (written into the generated scripts):
-  python -m utils.sweep task CFG FOLD SEED [--nproc N] [-- train.py args]   one run, its state checked first
-  python -m utils.sweep check [selection] [--output_dir O] [--partial]       every run finished? (before the blend)
-  python -m utils.sweep state CFG FOLD SEED [train.py args]                  print the run's state
+= 144 runs with fixed seeds (docs/solution.md §8; the values are in configs/ensemble.py). `make_runs` is
+the only place that list is made; `run_state` of utils/checkpoint is the only rule for whether a run is
+finished. The local runner (`run_jobs`: N train.py processes at a time, env vars per slot) serves
+./run_train.sh (sweep/cli.py) and the demo; sweep/slurm.py turns the same list into a SLURM job array.
 """
 from __future__ import annotations
 
 import os
 import re
-import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -43,23 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from configs.ensemble import CONFIGS, FOLD_SEEDS
+from utils import checkpoint as ckpt
+from utils.config import ConfigError, available_configs
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from utils import checkpoint as ckpt  # noqa: E402
-from utils.config import ConfigError, available_configs, load_config  # noqa: E402
-from utils.io import run_cli  # noqa: E402
-
-CONFIGS = ["cfg_1", "cfg_2a", "cfg_2b", "cfg_3", "cfg_4", "cfg_5a", "cfg_5b", "cfg_5c", "cfg_5d"]
-FOLD_SEEDS = {0: (1001, 1002), 1: (1001, 1002), 2: (1001, 1002), 3: (1001, 1002), -1: tuple(range(2001, 2009))}
-USAGE = __doc__[__doc__.index("Usage"):]
 TASK_HEADER = "=== sweep task"  # first line of each attempt in a run's log (the blend check quotes it)
 
 
 # --- the runs -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Run:
+class SweepRun:
     config: str
     fold: int
     seed: int
@@ -86,7 +57,7 @@ def check_configs(configs) -> list[str]:
     return list(dict.fromkeys(configs))
 
 
-def make_runs(configs=None, folds=None, seeds=None) -> list[Run]:
+def make_runs(configs=None, folds=None, seeds=None) -> list[SweepRun]:
     """The runs in a fixed order (config, fold, seed); by default the reproduction's 144.
 
     `folds` picks among 0-3 and -1 (in the order given); `seeds` replaces each fold's reference seeds,
@@ -96,7 +67,7 @@ def make_runs(configs=None, folds=None, seeds=None) -> list[Run]:
     for fold in folds:
         if fold not in FOLD_SEEDS:
             raise ConfigError(f"bad fold {fold}: the folds are 0, 1, 2, 3 and -1 (all rows)")
-    return [Run(c, f, s) for c in configs for f in folds for s in (seeds or FOLD_SEEDS[f])]
+    return [SweepRun(c, f, s) for c in configs for f in folds for s in (seeds or FOLD_SEEDS[f])]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -125,7 +96,7 @@ def python_cmd() -> str:
     return os.environ.get("PYTHON") or sys.executable
 
 
-def train_argv(run: Run, output_dir, extra=()) -> list[str]:
+def train_argv(run: SweepRun, output_dir, extra=()) -> list[str]:
     """train.py's arguments for `run`, with --resume when it is interrupted (state read now)."""
     argv = ["train.py", "-C", run.config, "--fold", str(run.fold), "--seed", str(run.seed)]
     if run.state(output_dir) == ckpt.INTERRUPTED:
@@ -137,7 +108,7 @@ def train_argv(run: Run, output_dir, extra=()) -> list[str]:
 @dataclass
 class Job:
     """One train.py run: where it logs, and how it starts (launcher: e.g. torchrun before train.py)."""
-    run: Run
+    run: SweepRun
     output_dir: str
     extra: list = field(default_factory=list)
     append: bool = False  # keep earlier attempts in the log (SLURM tasks)
@@ -258,7 +229,7 @@ def tail(path, n: int = 20) -> str:
 
 
 # --- run_train.sh: local runs ---------------------------------------------------------------------
-def run_local(opts, todo: list[Run], n_selected: int) -> int:
+def run_local(opts, todo: list[SweepRun], n_selected: int) -> int:
     """Run `todo` here, sequentially (console + log) or one per GPU; the first failure stops new starts."""
     print(f"{len(todo)} run(s) to do (shard {opts.shard[0]}/{opts.shard[1]}, {n_selected} in the reproduction)",
           flush=True)
@@ -289,7 +260,7 @@ def run_local(opts, todo: list[Run], n_selected: int) -> int:
     return 0
 
 
-def unfinished(runs, output_dir) -> list[Run]:
+def unfinished(runs, output_dir) -> list[SweepRun]:
     """The runs not finished yet; each finished one is named on stderr."""
     todo = []
     for run in runs:
@@ -300,159 +271,3 @@ def unfinished(runs, output_dir) -> list[Run]:
     return todo
 
 
-# --- command line ---------------------------------------------------------------------------------
-VALUE_OPTS = {"--configs": "configs", "--folds": "folds", "--seeds": "seeds", "--gpus": "gpus", "--shard": "shard",
-              "--partition": "partition", "--gpus-per-run": "gpus_per_run", "--cpus-per-run": "cpus_per_run",
-              "--max-parallel": "max_parallel", "--time": "time", "--sbatch-arg": "sbatch_args", "--nproc": "nproc"}
-FLAG_OPTS = {"--dry-run": "dry_run", "--dry_run": "dry_run", "--slurm": "slurm", "--blend-partial": "blend_partial",
-             "--partial": "blend_partial"}
-
-
-@dataclass
-class Options:
-    configs: list = None
-    folds: list = None
-    seeds: list = None
-    gpus: list = field(default_factory=list)
-    shard: tuple = (0, 1)
-    output_dir: str = None
-    train_args: list = field(default_factory=list)
-    dry_run: bool = False
-    slurm: bool = False
-    partition: str = None
-    gpus_per_run: int = 1
-    cpus_per_run: int = None
-    max_parallel: int = None
-    time: str = None
-    blend_partial: bool = False
-    sbatch_args: list = field(default_factory=list)
-    nproc: int = 1
-
-    def runs(self) -> list[Run]:
-        return make_runs(self.configs, self.folds, self.seeds)
-
-
-def _items(text: str) -> list[str]:
-    return [t for t in re.split(r"[,\s]+", text.strip()) if t]
-
-
-def _int(name: str, text: str, low: int) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = low - 1
-    if value < low:
-        raise ConfigError(f"{name} expects an integer >= {low}, got '{text}'")
-    return value
-
-
-def _set(opts: Options, key: str, value: str, flag: str) -> None:
-    if key in ("configs", "gpus"):
-        setattr(opts, key, _items(value))
-    elif key in ("folds", "seeds"):
-        setattr(opts, key, [_int(flag, v, -1 if key == "folds" else 0) for v in _items(value)])
-    elif key == "shard":
-        opts.shard = parse_shard(value)
-    elif key in ("gpus_per_run", "cpus_per_run", "max_parallel", "nproc"):
-        setattr(opts, key, _int(flag, value, 0 if key == "gpus_per_run" else 1))
-    elif key == "sbatch_args":
-        opts.sbatch_args.append(value)
-    else:
-        setattr(opts, key, value)
-
-
-def parse_args(argv) -> Options:
-    """Sweep options; every other argument (and all after `--`) is a train.py argument.
-    train.py's --output_dir (last one wins) is also where the sweep looks for the runs."""
-    opts, i = Options(), 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--output-dir"):  # the scripts' spelling: train.py's is --output_dir
-            arg = arg.replace("--output-dir", "--output_dir", 1)
-        flag, eq, value = arg.partition("=")
-        if arg == "--":
-            opts.train_args += argv[i + 1:]
-            break
-        if arg in ("-h", "--help"):
-            print(USAGE)
-            raise SystemExit(0)
-        if arg in FLAG_OPTS:
-            setattr(opts, FLAG_OPTS[arg], True)
-        elif flag in VALUE_OPTS:
-            if not eq:
-                value, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 1
-                if not value or (value.startswith("--") and flag != "--sbatch-arg"):
-                    raise ConfigError(f"{flag} needs a value")
-            _set(opts, VALUE_OPTS[flag], value, flag)
-        else:
-            opts.train_args.append(arg)
-        i += 1
-    opts.output_dir = train_arg(opts.train_args, "output_dir", load_config(CONFIGS[0]).output_dir)
-    return opts
-
-
-def print_commands(runs, opts) -> None:
-    for run in runs:
-        print(f"{python_cmd()} {shlex.join(train_argv(run, opts.output_dir, opts.train_args))}")
-
-
-def sweep_main(argv) -> int:
-    opts = parse_args(argv)
-    selected = opts.runs()
-    if opts.slurm:
-        from utils import slurm
-
-        return slurm.submit_sweep(opts, selected)
-    todo = unfinished(selected[opts.shard[0]::opts.shard[1]], opts.output_dir)
-    if opts.dry_run:
-        print_commands(todo, opts)
-        return 0
-    return run_local(opts, todo, len(selected))
-
-
-def run_spec(argv) -> tuple[Run, Options]:
-    """`CFG FOLD SEED [options] [train.py args]` of the task / state commands."""
-    if len(argv) < 3:
-        raise ConfigError("expected CONFIG FOLD SEED (e.g. cfg_5a 0 1001)")
-    config, fold, seed = argv[:3]
-    run = make_runs([config], [_int("FOLD", fold, -1)], [_int("SEED", seed, 0)])[0]
-    return run, parse_args(argv[3:])
-
-
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv and argv[0] in ("task", "check", "state") else None
-    if command == "task":
-        from utils import slurm
-
-        return slurm.run_task(*run_spec(argv[1:]))
-    if command == "state":
-        run, opts = run_spec(argv[1:])
-        print(run.state(opts.output_dir))
-        return 0
-    if command == "check":
-        from utils import slurm
-
-        opts = parse_args(argv[1:])
-        return slurm.check_finished(opts.runs(), opts.output_dir, opts.blend_partial)
-    return sweep_main(argv)
-
-
-def cli(argv=None) -> int:
-    """main() with one-line errors (exit 2); Ctrl-C or SIGTERM stop the runs in progress (exit 130 / 143)."""
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    status = []
-    try:
-        return run_cli(lambda a: status.append(main(a)), argv) or (status[0] if status else 0)
-    except KeyboardInterrupt:
-        print("interrupted: the runs in progress were stopped; start again to resume them", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # e.g. `--dry-run | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-
-
-if __name__ == "__main__":  # run as utils.sweep, so that utils.slurm shares this module
-    from utils.sweep import cli as _cli
-
-    sys.exit(_cli())

@@ -8,6 +8,7 @@ fraction of the time.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,15 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from configs.ensemble import BLEND_FILE, BLEND_FOLDS
+from configs.ensemble import CONFIGS as ALL_CONFIGS
 from data.signal import LABEL_COLS, LOGIT_COLS
 from utils import checkpoint as ckpt
+from data.synthetic import oracle_kl
 from utils.io import DataError, atomic_write_text, read_csv_checked
 from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
-from utils.sweep import CONFIGS as ALL_CONFIGS  # the solution's nine configs (the sweep owns the list)
 
-BLEND_FOLDS = (0, 1, 2, 3)
 GOLDEN_FILE = "train_folded_6k6.csv"
-BLEND_FILE = "blend_weights.json"
 
 
 def unfinished_with_logits(output_dir, config: str, folds) -> list[Path]:
@@ -93,8 +94,8 @@ def load_oof_stack(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_
     notes, frames, n_runs = [], {}, {}
     for cfg in configs:
         for d in unfinished_with_logits(output_dir, cfg, folds):
-            problem = ckpt.checkpoint_problem(d / ckpt.FINAL)
-            notes.append(f"{d}: val_logits.csv without a complete {ckpt.FINAL} ({problem}): unfinished, not used")
+            problem = ckpt.checkpoint_problem(d / ckpt.CHECKPOINT_FILE)
+            notes.append(f"{d}: val_logits.csv without a complete {ckpt.CHECKPOINT_FILE} ({problem}): unfinished, not used")
         oof, missing, runs = config_oof(output_dir, cfg, folds, first_seed_only)
         if oof is None:
             notes.append(f"{cfg}: no finished runs under {Path(output_dir) / cfg}/fold{{{','.join(map(str, folds))}}}/seed*: left out")
@@ -234,3 +235,66 @@ def oof_report(stack: OOFStack, fit: dict) -> dict:
         "prior_kl": prior_kl(stack.y, stack.y),  # the blended rows' own mean vote shares
         "n_rows": int(len(stack.y)),
     }
+
+
+def plot_kl(report: dict, path: Path) -> Path:
+    """Bar chart: each config's OOF KL and the blend, with the class-prior (and oracle) levels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(report["oof_kl"]) + ["blend"]
+    vals = list(report["oof_kl"].values()) + [report["blend_oof_kl"]]
+    fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 4.2))
+    bars = ax.bar(names, vals, color=["#7a9cc6"] * (len(names) - 1) + ["#d9822b"])
+    for bar, v in zip(bars, vals):
+        ax.text(bar.get_x() + bar.get_width() / 2, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(report["prior_kl"], color="grey", ls="--", label=f"class prior {report['prior_kl']:.3f}")
+    if report.get("oracle_kl") is not None:
+        ax.axhline(report["oracle_kl"], color="green", ls=":", label=f"oracle (latent) {report['oracle_kl']:.3f}")
+    ax.set_ylabel("OOF KL divergence (lower is better)")
+    ax.set_title(f"Out-of-fold KL on {report['n_rows']} golden rows")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.set_ylim(0, max(vals + [report["prior_kl"]]) * 1.2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def blend_runs(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_seed_only=False, epochs=801, out=None,
+               plot=True, log=print) -> dict:
+    """The blend step of the pipeline: stack the OOF logits, fit, report each config's and the blend's OOF KL,
+    save the weights (and a bar chart of the KLs beside them). Returns the report."""
+    t0 = time.perf_counter()
+    stack = load_oof_stack(output_dir, data_dir, configs, tuple(folds), first_seed_only)
+    for note in stack.notes:
+        log(f"note: {note}")
+    log(f"blending {len(stack.configs)} config(s) on {len(stack.y)} rows "
+        f"({', '.join(f'{c}: {n} run(s)' for c, n in stack.n_runs.items())})")
+    t1 = time.perf_counter()
+    fit = fit_blend(stack.X, stack.y, epochs=epochs)
+    fit_s = time.perf_counter() - t1
+    report = oof_report(stack, fit)
+    report["oracle_kl"] = oracle_kl(stack.rows, data_dir)  # None on real data
+    report.update(first_seed_only=first_seed_only, folds=list(folds), fit_seconds=round(fit_s, 2),
+                  n_runs=stack.n_runs, notes=stack.notes)
+    log(format_seed_readme(stack.configs, fit["w"], fit["c"]))
+    log("# OOF KL per config")
+    for cfg, kl in report["oof_kl"].items():
+        log(f"{cfg:>8s}  {kl:.4f}")
+    log(f"{'mean':>8s}  {report['mean_logit_kl']:.4f}  (plain mean of the logits)")
+    log(f"{'blend':>8s}  {report['blend_oof_kl']:.4f}  (each row predicted by the KFold split that held it out)")
+    log(f"{'prior':>8s}  {report['prior_kl']:.4f}  (class prior of these rows)")
+    if report["oracle_kl"] is not None:
+        log(f"{'oracle':>8s}  {report['oracle_kl']:.4f}  (synthetic latent probabilities)")
+    out = Path(out) if out else Path(output_dir) / BLEND_FILE
+    save_blend(out, stack.configs, fit["w"], fit["c"], report)
+    log(f"saved {out}")
+    if plot:
+        log(f"saved {plot_kl(report, out.with_name(out.stem + '_kl.png'))}")
+    log(f"blend fit {fit_s:.1f} s, total {time.perf_counter() - t0:.1f} s")
+    return report

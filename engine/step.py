@@ -25,3 +25,8 @@ def optimizer_step(params, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def to_device(batch: dict, device) -> dict:
+    """A loader's batch on `device` (tensors moved without blocking; other values as they are)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
