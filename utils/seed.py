@@ -4,8 +4,11 @@
   on nothing else (not the DataLoader worker count, the machine or the rank layout).
 - The epoch's row order: `epoch_order(n, seed, epoch)`, likewise.
 - Model-side randomness (dropout, channel dropout) uses the process's torch RNG, seeded from
-  `SeedSequence([seed, rank])` so no DDP rank reuses another run's seed (runs use consecutive seeds),
+  `rank_seed(seed, rank)` so no DDP rank reuses another run's seed (runs use consecutive seeds),
   and saved/restored on resume.
+Each kind of stream starts its SeedSequence entropy with its own domain word (ORDER, ITEM, RANK), so no
+two kinds can coincide: without it, `[seed, epoch]` and `[seed, epoch, 0]` are one stream (SeedSequence
+pads with zeros) and `[seed, rank]` another kind's `[seed, epoch]` (tests/test_core.py checks a grid).
 The states are stored as plain tensors/ints (no numpy pickles) so checkpoints load with
 torch.load(weights_only=True).
 """
@@ -16,6 +19,8 @@ import random
 import numpy as np
 import torch
 
+ORDER, ITEM, RANK = 0x4F524452, 0x4954454D, 0x52414E4B  # "ORDR", "ITEM", "RANK": a stream's first entropy word
+
 
 def draw_seed() -> int:
     return int(np.random.SeedSequence().entropy % 1_000_000)
@@ -23,17 +28,22 @@ def draw_seed() -> int:
 
 def rank_seed(seed: int, rank: int = 0) -> int:
     """The process seed of `rank` in a run seeded `seed`: independent streams, never another run's seed."""
-    return int(np.random.SeedSequence([int(seed), int(rank)]).generate_state(1, np.uint32)[0])
+    return int(np.random.SeedSequence([RANK, int(seed), int(rank)]).generate_state(1, np.uint32)[0])
 
 
 def item_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     """The augmentation stream of one training row in one epoch."""
-    return np.random.default_rng([int(seed), int(epoch), int(row)])
+    return np.random.default_rng([ITEM, int(seed), int(epoch), int(row)])
+
+
+def order_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The stream that shuffles the rows of one epoch."""
+    return np.random.default_rng([ORDER, int(seed), int(epoch)])
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
-    """The shuffled row order of one epoch (a stream distinct from every item's: two words, not three)."""
-    return np.random.default_rng([int(seed), int(epoch)]).permutation(n)
+    """The shuffled row order of one epoch."""
+    return order_rng(seed, epoch).permutation(n)
 
 
 def seed_everything(seed: int) -> None:
