@@ -11,7 +11,7 @@ the optimiser steps every `grad_accumulation` batches (a global batch counter, s
 carries over epoch ends as in the reference); gradients clipped to `clip_grad` after unscaling.
 Precision is one code path on every device (engine/precision.py): `amp_dtype` float16 (+ GradScaler,
 the reference's choice where `mixed_precision`), bfloat16 or float32. Speed without changing the
-numbers: cuDNN autotuning, fused Adam on CUDA, persistent prefetching workers, no host sync per step,
+numbers: cuDNN autotuning, fused Adam (CUDA and CPU), persistent prefetching workers, no host sync per step,
 DDP no_sync on accumulation micro-steps; opt-in `channels_last` and `compile`. Outputs go to <output_dir>/<name>/fold<fold>/seed<seed>/: config.json (resolved config),
 run_info.json, metrics.csv (per epoch), last_state.pth (resume state, removed at the end), and at the
 end val_logits.csv (eeg_id, label_id, raw logits), learning_curve.png and checkpoint.pth, written last
@@ -301,8 +301,7 @@ def build(cfg, opts, info, log) -> Training:
     setup_backend(info.device, run.amp)
     run.model = maybe_compile(build_model(cfg).to(info.device), cfg)
     run.prepare_batch = batch_hook(cfg)  # e.g. ds_2's curriculum weights for the epoch, set on the device
-    fused = {"fused": True} if info.device.type == "cuda" else {"foreach": True}  # same update, fewer kernels
-    run.optimizer = torch.optim.Adam(run.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
+    run.optimizer = opt_step.make_optimizer(run.model.parameters(), cfg, info.device)
     run.scheduler = cosine_schedule(run.optimizer, cfg.epochs * n_steps)
     run.scaler = make_scaler(run.amp, info.device)
     run.autocast = autocast_ctx(run.amp, info.device)

@@ -10,6 +10,16 @@ from __future__ import annotations
 import torch
 
 
+FUSED_ADAM_DEVICES = ("cuda", "cpu")  # torch 2.11 has a fused Adam kernel for both
+
+
+def make_optimizer(params, cfg, device) -> torch.optim.Optimizer:
+    """Adam as the reference (lr, weight_decay), one fused kernel per step where the device has one
+    (the same update as the per-tensor loop, within float rounding), else the foreach implementation."""
+    impl = {"fused": True} if torch.device(device).type in FUSED_ADAM_DEVICES else {"foreach": True}
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **impl)
+
+
 def backward(loss: torch.Tensor, scaler: torch.amp.GradScaler, grad_accumulation: int) -> None:
     """Accumulate the gradients of loss / grad_accumulation (scaled when the scaler is enabled)."""
     scaler.scale(loss / grad_accumulation).backward()
