@@ -10,7 +10,7 @@ import pandas as pd
 from data import recording
 from data.signal import FS, WINDOW
 from inference import timeline
-from inference.ensemble import ensemble_probs, load_ensemble, resolve_device
+from inference.ensemble import describe_amp, ensemble_probs, load_ensemble, resolve_device
 from utils.io import DataError, atomic_write_csv, warn
 
 
@@ -20,8 +20,10 @@ def output_name(path: Path) -> str:
 
 
 def score_recordings(files, output_dir, blend_path=None, out_dir="predictions", stride=10.0, device="auto",
-                       batch_size=16, num_workers=0, cache_dir=None, allow_missing=False) -> dict:
-    """Score each file in 50 s windows every `stride` s: {file: window table}; writes the csv and png."""
+                       batch_size=16, num_workers=0, cache_dir=None, allow_missing=False, amp_dtype=None) -> dict:
+    """Score each file in 50 s windows every `stride` s: {file: window table}; writes the csv and png.
+    `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast dtype (inference/ensemble.py)."""
+    dev = resolve_device(device)  # first: an unusable device is one line before any file is read
     recs = [recording.open_recording(f, allow_missing) for f in files]  # every header checked first
     names = [output_name(r.source.path) for r in recs]
     if len(set(names)) < len(names):
@@ -45,11 +47,12 @@ def score_recordings(files, output_dir, blend_path=None, out_dir="predictions", 
         starts.append(timeline.window_starts(rec.n_samples, stride))
         parts.append(pd.DataFrame({"eeg_id": i, "eeg_label_offset_seconds": starts[-1] / FS}))
     windows = pd.concat(parts, ignore_index=True)
-    dev = resolve_device(device)
     n_runs = sum(len(r) for r in runs.values())
-    print(f"{len(recs)} recording(s), {len(windows)} window(s), {len(runs)} config(s), {n_runs} run(s), device {dev}")
+    print(f"{len(recs)} recording(s), {len(windows)} window(s), {len(runs)} config(s), {n_runs} run(s), device {dev}, "
+          f"{describe_amp(runs, dev, amp_dtype)}")
     t0 = time.perf_counter()
-    probs, _ = ensemble_probs(weights, runs, windows, dev, batch_size, num_workers, store, "windows", "win*run")
+    probs, _ = ensemble_probs(weights, runs, windows, dev, batch_size, num_workers, store, "windows", "win*run",
+                              amp_dtype)
     secs = time.perf_counter() - t0
     print(f"scored {len(windows)} window(s) in {secs:.1f} s ({len(windows) / max(secs, 1e-9):.1f} windows/s)")
     tables, first = {}, 0

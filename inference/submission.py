@@ -8,7 +8,7 @@ import pandas as pd
 from data.base import eeg_dir_for
 from data.eeg_store import EEGStore
 from data.signal import FS, LABEL_COLS, WINDOW
-from inference.ensemble import ensemble_probs, load_ensemble, resolve_device
+from inference.ensemble import describe_amp, ensemble_probs, load_ensemble, resolve_device
 from utils.io import DataError, read_csv_checked, require_dir, warn
 
 
@@ -40,8 +40,10 @@ def warn_test_lengths(test_df, cfg, cache_dir=None) -> None:
 
 
 def predict_submission(data_dir, output_dir, blend_path=None, device="auto", batch_size=16, num_workers=0,
-            cache_dir=None) -> tuple[pd.DataFrame, dict]:
-    """The submission frame (sample_submission's columns and order) and each config's mean logits."""
+            cache_dir=None, amp_dtype=None) -> tuple[pd.DataFrame, dict]:
+    """The submission frame (sample_submission's columns and order) and each config's mean logits.
+    `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast dtype (inference/ensemble.py)."""
+    dev = resolve_device(device)  # first: an unusable device is one line before anything is read
     data_dir = require_dir(data_dir)
     weights, runs = load_ensemble(output_dir, blend_path, data_dir, cache_dir)
     test = read_csv_checked(data_dir / "test.csv", required=["eeg_id"], what="test.csv")
@@ -56,11 +58,11 @@ def predict_submission(data_dir, output_dir, blend_path=None, device="auto", bat
             raise DataError(f"{sample_path}: eeg_ids differ from test.csv")
     else:
         columns, order = ["eeg_id", *LABEL_COLS], test_df["eeg_id"].to_numpy()
-    dev = resolve_device(device)
     n_runs = sum(len(r) for r in runs.values())
-    print(f"{len(test_df)} recording(s), {len(runs)} config(s), {n_runs} run(s), device {dev}")
+    print(f"{len(test_df)} recording(s), {len(runs)} config(s), {n_runs} run(s), device {dev}, "
+          f"{describe_amp(runs, dev, amp_dtype)}")
     warn_test_lengths(test_df, next(iter(runs.values()))[0][1], cache_dir)
-    probs, logits = ensemble_probs(weights, runs, test_df, dev, batch_size, num_workers)
+    probs, logits = ensemble_probs(weights, runs, test_df, dev, batch_size, num_workers, amp_dtype=amp_dtype)
     sub = pd.DataFrame(probs, columns=LABEL_COLS)
     sub.insert(0, "eeg_id", test_df["eeg_id"].to_numpy())
     sub = sub.set_index("eeg_id").loc[order].reset_index()[columns]

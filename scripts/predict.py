@@ -3,6 +3,7 @@ timeline for each of your own recordings.
 
     python scripts/predict.py [--data-dir datamount] [--out submission.csv] [--output-dir output]
                               [--blend output/blend_weights.json] [--device auto] [--batch-size 16]
+                              [--amp-dtype float16|bfloat16|float32]
     python scripts/predict.py --recording FILE [FILE ...] [--stride 10] [--out-dir predictions]
                               [--allow-missing] [--output-dir output] ...
 
@@ -13,6 +14,11 @@ longer one is scored on its first 50 s, a shorter one zero-padded, each with a w
 label centre 5000); a config's logits are the mean over its runs; the blend weights and class bias
 of blend_weights.py combine the configs; softmax gives the probabilities. The submission is checked
 (ids, columns, rows summing to 1) before it is written. Needs no network.
+
+Precision as in training: each run under its own config's autocast (engine/precision.py: float16 on CUDA
+for the mixed_precision configs, float32 on the CPU), or every run under --amp-dtype (float32: no
+autocast); the header line names it. An unusable --device (no CUDA, cuda:N beyond the GPUs there, a
+malformed name) is one error line.
 
 --recording: EDF/EDF+, BDF, BrainVision (.vhdr), FIF, EEGLAB (.set) or Kaggle-style parquet of any
 length and rate (data/recording.py reads, maps the channels by name and resamples to 200 Hz), scored
@@ -29,6 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import recording  # noqa: E402
+from engine.precision import AMP_DTYPES  # noqa: E402
 from inference.recordings import score_recordings  # noqa: E402
 from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -43,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--blend", default=None, help="blend weights JSON (default <output_dir>/blend_weights.json)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     p.add_argument("--batch-size", type=int, default=16, help="recordings (--recording: windows) per forward pass")
+    p.add_argument("--amp-dtype", default=None, choices=list(AMP_DTYPES),
+                   help="autocast dtype for every run (float32: none); default: each run's config's, as in training")
     p.add_argument("--num-workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--cache-dir", default=None,
                    help="decoded-recording cache (default: <data_dir>/cache, or ~/.cache/hms3rd when read-only; "
@@ -64,10 +73,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.recording:
         return score_recordings(args.recording, args.output_dir, args.blend, args.out_dir, args.stride, args.device,
-                                  args.batch_size, args.num_workers, args.cache_dir, args.allow_missing)
+                                  args.batch_size, args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype)
     t0 = time.perf_counter()
     sub, _ = predict_submission(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
-                     args.cache_dir)
+                                args.cache_dir, args.amp_dtype)
     atomic_write_csv(args.out, sub)
     print(f"wrote {args.out}: {len(sub)} row(s) in {time.perf_counter() - t0:.1f} s")
     return sub
