@@ -137,6 +137,15 @@ def vote_shares(df: pd.DataFrame) -> np.ndarray:
     return metric.votes_to_target(df[LABEL_COLS].to_numpy())
 
 
+def check_steps(cfg, n_steps: int) -> None:
+    """A run whose batches never fill one accumulation would end with its initial weights, marked finished."""
+    total = cfg.epochs * n_steps
+    if total < cfg.grad_accumulation:
+        raise ConfigError(f"bad value for --grad_accumulation: {cfg.grad_accumulation} batches per optimiser step, but "
+                          f"the run has only {total} batch(es) ({cfg.epochs} epoch(s) x {n_steps}), so the optimiser "
+                          f"would never step; lower --grad_accumulation or --batch_size, or raise --epochs")
+
+
 def steps_per_epoch(n_rows: int, cfg, info) -> int:
     per_rank = math.ceil(n_rows / info.world_size) if info.distributed else n_rows
     return per_rank // cfg.batch_size
@@ -292,6 +301,7 @@ def build(cfg, opts, info, log) -> Training:
     if n_steps == 0:
         raise ConfigError(f"bad value for --batch_size: {cfg.batch_size} x {info.world_size} process(es) is more "
                           f"than the {len(train_df)} training rows")
+    check_steps(cfg, n_steps)
     choose_seed(cfg, opts, info)
     work, final = prepare_run_dir(cfg, opts, info, log)
     run = Training(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
@@ -325,14 +335,15 @@ def restore(run: Training) -> None:
     if changed:
         log(f"warning: resuming with {', '.join(changed)}: the run goes on, but will not equal an uninterrupted one"
             + ("; fp16 loss scaling starts afresh" if run.scaler.is_enabled() and not state["scaler"] else ""))
-    for p, g in zip(run.model.parameters(), state["grads"]):  # accumulation pending across the epoch end
-        p.grad = None if g is None else g.to(p.device)
+    opt_step.restore_pending_grads(run.model.parameters(), saved_pending_grads(state), info.rank, info.world_size,
+                                   run.scaler)  # accumulation pending across the epoch end
     run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], state["history"]
     rng = state["rng"]
     if len(rng) != info.world_size:
-        log(f"warning: checkpoint has RNG states of {len(rng)} process(es), now {info.world_size}; "
-            f"the continuation will not match an uninterrupted run")
-    set_rng_state(rng[info.rank % len(rng)])
+        log(f"warning: resuming a run of {len(rng)} process(es) with {info.world_size}: its pending gradients are "
+            f"averaged and its random streams reassigned, so the continuation will not match an uninterrupted run")
+    if note := set_rng_state(rng[info.rank % len(rng)]):
+        log(f"warning: {note}")
     log(f"resuming {out} after epoch {run.start_epoch}/{run.cfg.epochs}")
 
 
@@ -395,12 +406,23 @@ def validate(run: Training, row: dict, last: bool) -> None:
           + ("" if run.oracle is None else f", oracle {run.oracle:.4f}") + ")")
 
 
+def saved_pending_grads(state: dict) -> list:
+    """Per process, the unscaled pending gradients of a resume state. States written before they were saved
+    per process hold rank 0's list only, multiplied by the fp16 loss scale of the time."""
+    if "grads_per_rank" in state:
+        return state["grads_per_rank"]
+    scale = state["scaler"]["scale"] if state.get("scaler") else 1.0
+    return [[None if g is None else g / scale for g in state["grads"]]]
+
+
 def save_resume_state(run: Training, epoch: int) -> None:
+    """Everything an uninterrupted run would carry into the next epoch, from every process: the pending
+    gradients (unscaled) and the random states of each rank, the rest from rank 0 (identical on all)."""
     rngs = dist_utils.gather_objects(get_rng_state(), run.info)
+    grads = dist_utils.gather_objects(opt_step.pending_grads(run.model.parameters(), run.scaler), run.info)
     if run.info.is_main:
         ckpt.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-                   "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
-                   "grads": [None if p.grad is None else p.grad.detach().cpu() for p in run.model.parameters()],
+                   "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "grads_per_rank": grads,
                    "epoch": epoch, "step": run.step, "history": run.tracker.history, "rng": rngs,
                    "seed": run.cfg.seed, "device": run.info.device.type, "amp": run.amp}, run.work / ckpt.RESUME_FILE)
 
@@ -456,6 +478,7 @@ def train_epochs(run: Training, opts) -> None:
                 return
         if info.is_main:
             finish(run)
+        dist_utils.barrier(info)  # no rank tears the process group down while rank 0 still writes
     finally:
         run.tracker.close()
 

@@ -23,20 +23,48 @@ def make_train_loader(cfg, df, info, epoch) -> DataLoader:
                       generator=torch.Generator(), pin_memory=info.device.type == "cuda", **worker_args(cfg, info))
 
 
-def worker_args(cfg, info) -> dict:
-    """Loader workers kept alive across epochs, each with batches prefetched (none: load in-process)."""
+MAX_WORKERS = 8  # the reference's loader workers per process
+
+
+def worker_args(cfg, info, persistent: bool = True) -> dict:
+    """Loader workers (none: load in-process). The training loader keeps its workers alive across epochs with
+    batches prefetched; the validation loader's workers live only while it runs, so the two never hold twice
+    the workers for the whole run."""
     n = n_workers(cfg, info)
-    return {"num_workers": n, **({"persistent_workers": True, "prefetch_factor": 4} if n else {})}
+    return {"num_workers": n, **({"persistent_workers": True, "prefetch_factor": 4} if n and persistent else {})}
 
 
-def n_workers(cfg, info) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(cfg.num_workers, cpus // info.world_size))
+def cpus_available(environ=os.environ) -> int:
+    """CPUs this process may use: SLURM's CPUs per task inside a SLURM job, else the affinity mask."""
+    slurm = environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def n_workers(cfg, info, environ=os.environ) -> int:
+    """Workers per process: the CPUs available divided among this node's processes (not the global world
+    size: 2 nodes x 4 GPUs with 32 CPUs each give 8 per process), capped by num_workers and MAX_WORKERS."""
+    per_process = cpus_available(environ) // max(info.local_world_size, 1)
+    return max(0, min(cfg.num_workers, MAX_WORKERS, per_process))
+
+
+def val_rows(n_rows: int, batch_size: int, info) -> np.ndarray:
+    """This rank's validation rows: the rows cut into fixed batches of batch_size, and the batches split into
+    contiguous groups, one per rank. Every batch holds the same rows whatever the world size, so a model
+    whose output depends on its batch mates (mdl_4's batch-wide dB floor) gives the same logits with 1 or N
+    processes, and the ranks' parts concatenated in rank order are the rows in order."""
+    n_batches = -(-n_rows // batch_size)
+    mine = np.array_split(np.arange(n_batches), info.world_size)[info.rank]
+    if len(mine) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.arange(mine[0] * batch_size, min((mine[-1] + 1) * batch_size, n_rows))
 
 
 def make_val_loader(ds, cfg, info) -> DataLoader:
-    """This rank's contiguous slice of the validation rows (no padding, so no row is duplicated)."""
-    idx = np.array_split(np.arange(len(ds)), info.world_size)[info.rank]
-    return DataLoader(Subset(ds, idx.tolist()), batch_size=cfg.batch_size_val or cfg.batch_size, shuffle=False,
+    """This rank's whole validation batches (`val_rows`; no padding, so no row is duplicated)."""
+    batch_size = cfg.batch_size_val or cfg.batch_size
+    idx = val_rows(len(ds), batch_size, info)
+    return DataLoader(Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False,
                       pin_memory=info.device.type == "cuda", generator=torch.Generator(),  # not the global RNG
-                      **worker_args(cfg, info))
+                      **worker_args(cfg, info, persistent=False))

@@ -40,3 +40,29 @@ def optimizer_step(params, optimizer: torch.optim.Optimizer, scaler: torch.amp.G
 def to_device(batch: dict, device) -> dict:
     """A loader's batch on `device` (tensors moved without blocking; other values as they are)."""
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def pending_grads(params, scaler: torch.amp.GradScaler) -> list:
+    """This process's accumulated gradients not yet applied by an optimiser step (under DDP each rank's own,
+    never all-reduced), unscaled, on the CPU; None where a parameter has none."""
+    inv = 1.0 / scaler.get_scale() if scaler.is_enabled() else 1.0  # a power of two: exact
+    return [None if p.grad is None else (p.grad.detach().float() * inv).cpu() for p in params]
+
+
+def restore_pending_grads(params, per_rank: list, rank: int, world: int, scaler: torch.amp.GradScaler) -> None:
+    """Set the parameters' gradients from `per_rank` (one pending_grads list per process of the saved run),
+    scaled for this run's scaler. The same world size: this rank's own list; another: the mean over the
+    saved ranks, which is what their all-reduce would have applied."""
+    grads = per_rank[rank] if len(per_rank) == world else mean_grads(per_rank)
+    scale = scaler.get_scale() if scaler.is_enabled() else 1.0
+    for p, g in zip(params, grads):
+        p.grad = None if g is None else (g * scale).to(p.device, p.dtype)
+
+
+def mean_grads(per_rank: list) -> list:
+    """Elementwise mean of several processes' gradient lists (None where none of them has one)."""
+    out = []
+    for gs in zip(*per_rank):
+        present = [g for g in gs if g is not None]
+        out.append(sum(present) / len(gs) if present else None)
+    return out

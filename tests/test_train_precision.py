@@ -2,6 +2,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 import train
 from utils import checkpoint as ckpt
@@ -33,3 +34,27 @@ def test_a_gpu_sized_config_on_the_cpu_says_what_it_needs_before_training(tiny_d
     notes = [ln for ln in out if ln.startswith("note: cfg_2a is sized for a GPU")]
     assert len(notes) == 1 and " GB " in notes[0] and "min per batch of 64" in notes[0]  # ... after saying so
     assert "--sq_dim 16" in notes[0] and "--frontend_filters 8" in notes[0]  # and how to make it small
+
+
+def test_fp16_run_stopped_mid_accumulation_resumes_exactly_with_unscaled_pending_gradients(tiny_data, tmp_path):
+    """6 rows, batch 1, accumulation 4: epoch 1 ends with 2 batches' gradients pending. Stopped there and
+    resumed, the fp16 + GradScaler run ends as the uninterrupted one; the pending gradients are saved
+    unscaled (the size of an fp32 run's, not 65536 times it), so resuming in another precision keeps them."""
+    def argv(out, dtype, *extra):
+        return ["-C", "cfg_2a", "--fold", "0", "--seed", "4", "--data_dir", str(tiny_data), "--output_dir",
+                str(tmp_path / out), *SMALL, "--batch_size", "1", "--grad_accumulation", "4", "--epochs", "3",
+                "--amp_dtype", dtype, "--sq_dropout", "0.0", "--channel_dropout_p", "0.0", *extra]
+
+    assert run_cli(train.main, argv("whole", "float16")) == 0
+    assert run_cli(train.main, argv("parts", "float16", "--stop_after_epochs", "1")) == 0
+    assert run_cli(train.main, argv("fp32", "float32", "--stop_after_epochs", "1")) == 0
+    parts, fp32 = (ckpt.run_dir(tmp_path / d, "cfg_2a", 0, 4) for d in ("parts", "fp32"))
+    pending = [ckpt.load(d / ckpt.RESUME_FILE) for d in (parts, fp32)]
+    assert pending[0]["step"] == 6 and pending[0]["scaler"]["scale"] == 2.0**16
+    g16, g32 = (torch.cat([g.flatten() for g in s["grads_per_rank"][0] if g is not None]) for s in pending)
+    assert 0.5 < float(g16.norm() / g32.norm()) < 2.0  # unscaled: an fp16 run's gradients, not x 65536
+    assert run_cli(train.main, argv("parts", "float16", "--resume")) == 0
+    whole = ckpt.run_dir(tmp_path / "whole", "cfg_2a", 0, 4)
+    pd.testing.assert_frame_equal(pd.read_csv(whole / "val_logits.csv"), pd.read_csv(parts / "val_logits.csv"))
+    wa, wb = (ckpt.load(d / ckpt.CHECKPOINT_FILE)["model"] for d in (whole, parts))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
