@@ -1,4 +1,6 @@
 """train.py's precision path on the CPU: fp16 autocast + GradScaler (the CUDA path) and bf16, one code path."""
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -53,8 +55,16 @@ def test_fp16_run_stopped_mid_accumulation_resumes_exactly_with_unscaled_pending
     assert pending[0]["step"] == 6 and pending[0]["scaler"]["scale"] == 2.0**16
     g16, g32 = (torch.cat([g.flatten() for g in s["grads_per_rank"][0] if g is not None]) for s in pending)
     assert 0.5 < float(g16.norm() / g32.norm()) < 2.0  # unscaled: an fp16 run's gradients, not x 65536
-    assert run_cli(train.main, argv("parts", "float16", "--resume")) == 0
+    # a resume state as written before pending gradients were saved per rank: rank 0's, times the loss scale
+    old = ckpt.run_dir(tmp_path / "old", "cfg_2a", 0, 4)
+    shutil.copytree(parts, old)
+    state = dict(pending[0])
+    state["grads"] = [None if g is None else g * state["scaler"]["scale"] for g in state.pop("grads_per_rank")[0]]
+    ckpt.save(state, old / ckpt.RESUME_FILE)
+    for out in ("parts", "old"):
+        assert run_cli(train.main, argv(out, "float16", "--resume")) == 0
     whole = ckpt.run_dir(tmp_path / "whole", "cfg_2a", 0, 4)
-    pd.testing.assert_frame_equal(pd.read_csv(whole / "val_logits.csv"), pd.read_csv(parts / "val_logits.csv"))
-    wa, wb = (ckpt.load(d / ckpt.CHECKPOINT_FILE)["model"] for d in (whole, parts))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    for resumed in (parts, old):
+        pd.testing.assert_frame_equal(pd.read_csv(whole / "val_logits.csv"), pd.read_csv(resumed / "val_logits.csv"))
+        wa, wb = (ckpt.load(d / ckpt.CHECKPOINT_FILE)["model"] for d in (whole, resumed))
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
