@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU acceptance run, one command:  bash scripts/gpu_check.sh
-#  1. the tests marked `cuda` (tests/test_cuda.py): fp16/bf16 training steps of every model family,
-#     amp logits vs fp32, compile + channels_last, the GPU mel vs the CPU mel, 2-GPU NCCL DDP vs 1 process;
+#  1. the tests marked `cuda` (tests/test_cuda.py): fp16/bf16 training steps of every model family (fused
+#     Adam, GradScaler, clipping), amp logits vs fp32, compile + channels_last vs eager, the model's mel on
+#     the GPU vs torchaudio's on the CPU, 2-GPU NCCL DDP vs 1 process;
 #  2. every config's training samples/s and peak memory at its real batch size, for fp16 and bf16,
 #     with and without compile and channels_last (scripts/bench_model.py, one fresh process per row),
 #     printed as one markdown table and saved to $OUT (default output/gpu_check.md).

@@ -1,9 +1,17 @@
 """GPU acceptance tests (marker `cuda`; run by scripts/gpu_check.sh). Skipped without a CUDA device.
 
-HMS_TEST_DEVICE=cpu runs them on the CPU instead (gloo instead of NCCL, CPU twin of the CUDA mel):
-that exercises every line of the GPU code path on a machine without one, at a CPU's speed.
+Each compares against an independent computation: fp16/bf16 logits against float32, compiled against eager,
+the model's mel front-end on the device against torchaudio's transforms on the CPU, two DDP processes against
+one; the training steps go through engine.step with the fused Adam train.py builds (make_optimizer).
 Shapes are the real ones (50 s windows, the configs' backbones and mels, pretrained off), batch 2.
+
+HMS_TEST_DEVICE=cpu runs the same tests on the CPU (CPU kernels and CPU autocast, fused Adam's CPU kernel,
+gloo instead of NCCL), at a CPU's speed. That checks the tests and the device-independent code they drive;
+it runs no CUDA kernel (cuDNN, cuFFT, cuBLAS, fused Adam's CUDA kernel), no NCCL, and none of the lines only
+CUDA executes: scripts/cuda_only_lines.py lists those of train.py, engine/precision.py and
+utils/distributed.py (tests/test_cuda_only_lines.py checks that the list holds nothing else).
 """
+import copy
 import os
 import subprocess
 import sys
@@ -13,10 +21,11 @@ import pytest
 import torch
 
 from engine import precision
-from engine.build import build_model
+from engine.build import build_model, maybe_compile
+from engine.step import backward, make_optimizer, optimizer_step
+from models.layers import MelFrontEnd
+from scripts.bench_model import LegacyMel as TorchaudioMel  # the front-end before the rewrite: the reference
 from utils.config import load_config
-from engine.build import maybe_compile
-from engine.step import backward, optimizer_step
 
 DEVICE = torch.device(os.environ.get("HMS_TEST_DEVICE", "cuda"))
 pytestmark = [pytest.mark.cuda,
@@ -55,7 +64,8 @@ def make_batch(cfg, b=2, seed=0):
 def train_steps(model, batch, amp_dtype, steps=2):
     precision.setup_backend(DEVICE)
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = make_optimizer(model.parameters(), model.cfg, DEVICE)  # as train.py: fused Adam on CUDA and CPU
+    assert opt.defaults["fused"] is True
     scaler = precision.make_scaler(amp_dtype, DEVICE)
     losses = []
     for _ in range(steps):
@@ -104,15 +114,26 @@ def test_compiled_channels_last_equals_eager_and_trains():
 
 
 @pytest.mark.parametrize("name", ["cfg_1", "cfg_3", "cfg_4", "cfg_5a", "cfg_5d"])
-def test_device_mel_equals_cpu_mel(name):
+def test_device_mel_equals_torchaudio_mel(name):
+    """The model's mel front-end (models/layers.MelFrontEnd) on the device against torchaudio's MelSpectrogram
+    + AmplitudeToDB on the CPU (scripts/bench_model.LegacyMel): the same model with its mels swapped for
+    torchaudio's. mdl_4's crop and splice are the model's own code on both sides (tests/test_mel_models.py
+    checks them). Tolerance: 2e-3 dB + 1e-4 relative (FFT libraries round differently; on the CPU the two
+    agree within 1e-5, tests/test_mel_frontend.py)."""
     precision.setup_backend(DEVICE)
     model = build_model(real_cfg(name, backbone="test_efficientnet")).eval()
-    batch = make_batch(model.cfg, b=4)
+    cfg, ref = model.cfg, copy.deepcopy(model)
+    ref.mel = TorchaudioMel(cfg.spec_args, cfg.top_db)
+    if hasattr(model, "mel_center"):
+        ref.mel_center = TorchaudioMel(cfg.spec_args_center, cfg.top_db)
+        assert isinstance(model.mel_center, MelFrontEnd)
+    assert isinstance(model.mel, MelFrontEnd)
+    batch = make_batch(cfg, b=4)
     with torch.no_grad():
-        cpu = model.spectrogram({k: v.cpu() for k, v in batch.items()})
-        dev = model.to(DEVICE).spectrogram(batch)
-    assert dev.device.type == DEVICE.type and dev.dtype == torch.float32
-    torch.testing.assert_close(dev.cpu(), cpu, rtol=1e-4, atol=2e-3)  # dB; FFT libraries round differently
+        want = ref.spectrogram({k: v.cpu() for k, v in batch.items()})
+        got = model.to(DEVICE).spectrogram(batch)
+    assert got.device.type == DEVICE.type and got.dtype == torch.float32
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-4, atol=2e-3)
 
 
 def test_two_process_ddp_step_equals_one_process(tmp_path):

@@ -21,8 +21,12 @@ def test_amp_dtype_trains_on_the_cpu_and_keeps_the_scaler_state(tiny_data, tmp_p
     assert run_cli(train.main, argv + ["--stop_after_epochs", "1"]) == 0
     assert f"amp {dtype}" in capsys.readouterr().out
     d = ckpt.run_dir(tmp_path, "cfg_2a", 0, 8)
-    scaler = ckpt.load(d / ckpt.RESUME_FILE)["scaler"]
+    state = ckpt.load(d / ckpt.RESUME_FILE)
+    scaler = state["scaler"]
     assert bool(scaler) == (dtype == "float16")  # fp16 scales the loss (scale saved for resume), bf16 does not
+    # the optimiser is fused Adam (engine/step.make_optimizer) and took epoch 1's one step (3 batches, accumulation 2)
+    assert [g["fused"] for g in state["optimizer"]["param_groups"]] == [True]
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {1}
     assert run_cli(train.main, argv + ["--resume"]) == 0
     logits = pd.read_csv(d / "val_logits.csv").iloc[:, 2:].to_numpy()
     assert np.isfinite(logits).all() and ckpt.is_finished(d)
