@@ -19,8 +19,8 @@ and fsynced: utils/checkpoint.py's rule makes a folder with a complete checkpoin
 and only finished runs are blended or predicted with. `--force` trains into a hidden .seed<seed>.force/
 beside the old run and replaces it only when the new run finishes. A run that fails before its first
 epoch ends leaves no folder behind. Seeds: see utils/seed.py (augmentations depend only on seed,
-epoch and row). DDP: per-process batch = batch_size, validation rows split into contiguous per-rank
-slices and gathered in row order, only rank 0 writes.
+epoch and row). DDP: per-process batch = batch_size; validation in fixed batches of batch_size_val,
+whole batches per rank, gathered in row order (engine/loaders.val_rows); only rank 0 writes.
 """
 from __future__ import annotations
 
