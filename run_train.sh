@@ -3,12 +3,17 @@
 # fold -1 with seeds 2001..2008) = 144 train.py runs, here (one at a time or one per GPU) or as a SLURM
 # job array. The list of runs, their states and the runners live in sweep/runs.py (and sweep/slurm.py).
 #
-#   ./run_train.sh [--configs cfg_2a,cfg_5a] [--folds 0,1] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [train.py args]
-#   ./run_train.sh --slurm [--partition P] [--gpus-per-run 1] [--max-parallel N] [--time HH:MM:SS] [-- train.py args]
+#   ./run_train.sh [--configs cfg_2a,cfg_5a] [--folds 0,1] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] \
+#                  [--data-dir D] [--output-dir O] [-- train.py args]
+#   ./run_train.sh --slurm [--partition P] [--gpus-per-run 1] [--max-parallel N] [--time HH:MM:SS] \
+#                  [--data-dir D] [--output-dir O] [-- train.py args]
 #   ./run_train.sh --help                    # every option
 #
-# Finished runs are skipped, interrupted ones resumed; each run logs to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log.
-# $PYTHON (default: python) runs the sweep and every train.py.
+# Options for train.py go after `--` (e.g. `-- --epochs 1`); an unknown option before it is an error.
+# --data-dir/--output-dir (either spelling, before or after `--`, the last one wins) are relative to the
+# folder this is run from. Finished runs are skipped, interrupted ones resumed; each run logs to
+# <output_dir>/logs/<cfg>_fold<f>_seed<s>.log. $PYTHON (default: python) runs the sweep and every train.py.
 set -euo pipefail
+export HMS_SWEEP_CWD="$PWD"  # the caller's folder: sweep/cli.py resolves relative paths against it
 cd "$(dirname "$0")"
 exec "${PYTHON:-python}" -m sweep "$@"

@@ -9,10 +9,13 @@ What the models need is 200 Hz microvolt signals of the 16 electrodes of the dou
 - MNE reads volts, the models were trained on microvolts: x 1e6 (parquet is microvolts already);
 - the result is decoded once into a memory-mapped float32 .npy of (T, 20) in EEG_COLUMNS order
   (NaN kept: the datasets turn NaN into 0 after the montage, as in training) by `RecordingStore`,
-  the recording cache of data/eeg_store.py keyed by the source file instead of an eeg_id.
+  the recording cache of data/eeg_store.py, keyed by every file the reader opens (path, size and
+  mtime of the header, the data file and the marker file, or each part of a split FIF) and by
+  DECODE_VERSION, so an edited data file or a change of the decoding is decoded again.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -37,6 +40,9 @@ REF_SUFFIXES = {"REF", "LE", "RE", "LM", "AVG", "AVE", "AV", "AR", "CAR", "A1", 
 ALIASES = {"T7": "T3", "T8": "T4", "P7": "T5", "P8": "T6", "ECG": "EKG"}  # modern 10-10 names -> 10-20
 _CANON = {c.upper(): c for c in EEG_COLUMNS}
 CHUNK_S = 60  # seconds of output decoded per step: bounds memory whatever the recording's length
+# Part of every recording cache key: bump it whenever what a file decodes to changes (channel matching,
+# units, resampling, the cache's layout), so caches written by the old code are never served.
+DECODE_VERSION = "2"
 
 
 def electrode_name(label: str) -> str | None:
@@ -100,6 +106,10 @@ class Source:
     sfreq: float
     n_samples: int
     read: Callable[[list, int, int], np.ndarray]
+    files: tuple = ()  # every file the reader opens (header first); the cache key covers them all
+
+    def __post_init__(self):
+        self.files = tuple(dict.fromkeys(Path(f) for f in (self.path, *self.files)))
 
 
 def suffix(path: Path) -> str:
@@ -133,7 +143,21 @@ def _open_mne(path: Path, kind: str) -> Source:
     def read(picks, start, stop):
         return raw.get_data(picks=list(picks), start=int(start), stop=int(stop)).T * 1e6  # volts -> uV
 
-    return Source(path, kind, list(raw.ch_names), float(raw.info["sfreq"]), int(raw.n_times), read)
+    files = [*raw.filenames, *brainvision_marker(path)]  # .eeg / .fdt / each FIF part; .vmrk
+    return Source(path, kind, list(raw.ch_names), float(raw.info["sfreq"]), int(raw.n_times), read,
+                  tuple(Path(f) for f in files if f is not None))
+
+
+def brainvision_marker(path: Path) -> list[Path]:
+    """A BrainVision header's marker file (MNE reads its annotations from it); [] for other formats."""
+    if suffix(path) != ".vhdr":
+        return []
+    try:
+        text = path.read_text(encoding="latin-1")
+    except OSError:
+        return []
+    m = re.search(r"^\s*MarkerFile\s*=\s*(.+?)\s*$", text, re.M | re.I)
+    return [path.parent / m.group(1)] if m else []
 
 
 def _open_parquet(path: Path) -> Source:
@@ -262,10 +286,13 @@ def default_cache_dir() -> Path:
 
 class RecordingStore(EEGStore):
     """EEGStore over arbitrary recording files: key i is recordings[i]; its cache file is named after
-    the source path, size and mtime (a changed file is decoded again), so a second run reuses it."""
+    the source's name and path and a hash of DECODE_VERSION and the path, size and mtime of every file
+    its reader opens (an edited header, data, marker file or FIF part is decoded again), so a second run
+    on unchanged files reuses it."""
 
     def __init__(self, recordings: list, cache_dir):
         self.paths = [r.source.path for r in recordings]
+        self.files = [r.source.files for r in recordings]
         self._recordings = list(recordings)  # open readers: decoding happens in the main process
         self.cache_dir = Path(cache_dir)
         self._open = {}
@@ -276,11 +303,24 @@ class RecordingStore(EEGStore):
     def source(self, eeg_id) -> Path:
         return self.paths[int(eeg_id)]
 
-    def cache_path(self, eeg_id) -> Path:
+    def cache_key(self, eeg_id) -> str:
+        """DECODE_VERSION and (path, size, mtime_ns) of each file the reader opens, hashed."""
+        parts = [f"decode {DECODE_VERSION}"]
+        for f in self.files[int(eeg_id)]:
+            try:
+                st = f.stat()
+            except OSError:
+                raise DataError(f"{f}: file of recording {self.source(eeg_id)} not found") from None
+            parts.append(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}")
+        return hashlib.sha1("\n".join(parts).encode()).hexdigest()[:16]
+
+    def _prefix(self, eeg_id) -> str:
         src = self.source(eeg_id)
-        st = src.stat()
         tag = hashlib.sha1(str(src.resolve()).encode()).hexdigest()[:10]
-        return self.cache_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', src.name)}_{tag}_{st.st_size}_{st.st_mtime_ns}.npy"
+        return f"{re.sub(r'[^A-Za-z0-9_.-]', '_', src.name)}_{tag}"
+
+    def cache_path(self, eeg_id) -> Path:
+        return self.cache_dir / f"{self._prefix(eeg_id)}_{self.cache_key(eeg_id)}.npy"
 
     def decode_to(self, eeg_id, tmp) -> None:
         if self._recordings is None:
@@ -288,7 +328,7 @@ class RecordingStore(EEGStore):
         decode(self._recordings[int(eeg_id)], tmp)
 
     def stale_pattern(self, eeg_id) -> str:
-        return self.cache_path(eeg_id).name.rsplit("_", 2)[0] + "_*.npy"
+        return glob.escape(self._prefix(eeg_id)) + "_*.npy"
 
 
 def hhmmss(seconds: float) -> str:

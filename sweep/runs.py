@@ -80,17 +80,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def train_arg(args, name: str, default=None):
-    """The value of train.py option --name in `args` (last one wins), else `default`."""
-    value = default
-    for i, arg in enumerate(args):
-        if arg == f"--{name}" and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(f"--{name}="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def python_cmd() -> str:
     """The interpreter for train.py: $PYTHON, else this one."""
     return os.environ.get("PYTHON") or sys.executable

@@ -25,7 +25,7 @@ from utils import checkpoint as ckpt
 from sweep import runs
 from configs.ensemble import BLEND_FILE, BLEND_FOLDS, FOLD_SEEDS
 from utils.cli import shell_quote
-from utils.config import ConfigError, load_config
+from utils.config import ConfigError
 
 ARRAY_FILE, BLEND_JOB_FILE = "train_array.sbatch", "blend.sbatch"
 TIME = re.compile(r"(\d+-)?\d+(:\d{1,2}){0,2}")
@@ -108,11 +108,10 @@ def blend_folds(opts) -> list[int]:
 
 def blend_script(selected: list, opts) -> str:
     """Check that every selected run finished (naming those that did not), then fit the blend."""
-    data_dir = runs.train_arg(opts.train_args, "data_dir", load_config(selected[0].config).data_dir)
     check = ["-m", "sweep", "check", *selection_args(opts, selected), "--output_dir", opts.output_dir]
     check += ["--partial"] if opts.blend_partial else []
     configs = list(dict.fromkeys(r.config for r in selected))
-    blend = ["scripts/blend_weights.py", "--data-dir", data_dir, "--output-dir", opts.output_dir,
+    blend = ["scripts/blend_weights.py", "--data-dir", opts.data_dir, "--output-dir", opts.output_dir,
              "--configs", *configs, "--folds", *map(str, blend_folds(opts))]
     lines = [
         "#!/bin/bash",

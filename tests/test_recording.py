@@ -1,5 +1,6 @@
 """Your own recordings (--recording): real EDF/FIF files written here and read back through MNE, channel
 names mapped, rates resampled, long recordings streamed window by window, clear one-line errors."""
+import os
 import tracemalloc
 from pathlib import Path
 
@@ -183,6 +184,81 @@ def test_256_and_500_hz_edf_and_mne_written_files_match_the_200_hz_recording(sma
         got = tables[f.name]
         assert got["start_s"].tolist() == ref["start_s"].tolist()
         np.testing.assert_allclose(got[LABEL_COLS].to_numpy(), ref[LABEL_COLS].to_numpy(), atol=2e-3)
+
+
+# --- the recording cache key ---------------------------------------------------------------------------
+def mne_files(tmp_path, x):
+    """The 200 Hz signal `x` as BrainVision (.vhdr + .vmrk + .eeg, float32) and as EEGLAB with its data in
+    a separate .fdt (MNE's export embeds it in the .set, so the .set is rewritten to point at the .fdt)."""
+    import mne
+    import scipy.io
+
+    raw = mne.io.RawArray(x[:, :19].T.astype(np.float64) * 1e-6, mne.create_info(ELECTRODES, float(FS), "eeg"),
+                          verbose="error")
+    vhdr, embedded, lab = tmp_path / "bv.vhdr", tmp_path / "embedded.set", tmp_path / "lab.set"
+    mne.export.export_raw(vhdr, raw, verbose="error")
+    mne.export.export_raw(embedded, raw, verbose="error")
+    fields = {k: v for k, v in scipy.io.loadmat(embedded, appendmat=False).items() if not k.startswith("__")}
+    np.asarray(fields["data"], np.float32).T.tofile(tmp_path / "lab.fdt")  # sample after sample
+    fields["data"] = "lab.fdt"
+    scipy.io.savemat(lab, fields, appendmat=False)
+    return {vhdr: tmp_path / "bv.eeg", lab: tmp_path / "lab.fdt"}
+
+
+def edit_data_file(path) -> None:
+    """Double every sample of a float32 data file in place: same size, same header, a new mtime."""
+    before = path.stat().st_mtime_ns
+    data = np.fromfile(path, np.float32)
+    (data * 2).tofile(path)
+    if path.stat().st_mtime_ns == before:  # a coarse-clock filesystem: the edit still gets its own mtime
+        os.utime(path, ns=(before + 10**9, before + 10**9))
+
+
+def test_cache_decodes_again_when_only_the_data_file_changes(tmp_path):
+    """BrainVision .eeg and EEGLAB .fdt: the cache key covers the data file, not only the header, so an
+    edited data file (header untouched) is decoded again and the new signal served; an untouched one is reused."""
+    x = synthetic(30, seed=5)
+    cache = tmp_path / "cache"
+    for header, data_file in mne_files(tmp_path, x).items():
+        rec = recording.open_recording(header)
+        assert data_file in rec.source.files and header == rec.source.files[0]
+        if header.suffix == ".vhdr":
+            assert tmp_path / "bv.vmrk" in rec.source.files
+        store = recording.RecordingStore([rec], cache)
+        first = np.array(store.recording(0))
+        np.testing.assert_allclose(first[:, :19], x[:, :19], atol=1e-3)
+        path = store.cache_path(0)
+        assert recording.RecordingStore([recording.open_recording(header)], cache).cache_path(0) == path  # reused
+
+        header_stat = header.stat()
+        edit_data_file(data_file)
+        assert header.stat().st_mtime_ns == header_stat.st_mtime_ns and header.stat().st_size == header_stat.st_size
+        again = recording.RecordingStore([recording.open_recording(header)], cache)  # the next run on the file
+        assert again.cache_path(0) != path
+        np.testing.assert_allclose(np.array(again.recording(0))[:, :19], 2 * x[:, :19], atol=2e-3)
+        assert not path.exists()  # the stale copy is removed
+        assert [p.name for p in cache.glob(f"{header.name}_*.npy")] == [again.cache_path(0).name]
+
+
+def test_cache_key_covers_each_fif_part_and_the_decoding_version(tmp_path, monkeypatch):
+    import mne
+
+    x = synthetic(60, seed=6)
+    raw = mne.io.RawArray(np.repeat(x[:, :19].T.astype(np.float64), 40, axis=0) * 1e-6,  # 760 channels: 2 parts
+                          mne.create_info([f"{e}-{i}" if i else e for i in range(40) for e in ELECTRODES], float(FS),
+                                          "eeg"), verbose="error")
+    fif = tmp_path / "split_raw.fif"
+    raw.save(fif, split_size="20MB", verbose="error")
+    rec = recording.open_recording(fif)
+    parts = rec.source.files
+    assert len(parts) == 2 and parts[0] == fif, parts
+    store = recording.RecordingStore([rec], tmp_path / "cache")
+    key = store.cache_path(0)
+    os.utime(parts[1], ns=(parts[1].stat().st_atime_ns, parts[1].stat().st_mtime_ns + 10**9))  # the 2nd part edited
+    assert store.cache_path(0) != key
+    key = store.cache_path(0)
+    monkeypatch.setattr(recording, "DECODE_VERSION", recording.DECODE_VERSION + "-next")
+    assert store.cache_path(0) != key  # new decoding code: decoded again
 
 
 # --- long, short, broken --------------------------------------------------------------------------------

@@ -39,14 +39,53 @@ def test_dry_run_lists_the_144_runs(tmp_path):
 
 def test_shards_partition_the_runs_and_extra_args_pass_through(tmp_path):
     full = runs(sh("--dry-run", "--output_dir", str(tmp_path)))
-    shards = [runs(sh("--dry-run", "--shard", f"{i}/3", "--output_dir", str(tmp_path), "--epochs", "1"))
+    shards = [runs(sh("--dry-run", "--shard", f"{i}/3", "--", "--epochs", "1", "--output_dir", str(tmp_path)))
               for i in range(3)]
     assert [len(s) for s in shards] == [48, 48, 48]
     assert sorted(r[:3] for s in shards for r in s) == sorted(r[:3] for r in full)
     assert shards[1][0][:3] == full[1][:3] and shards[1][1][:3] == full[4][:3]  # every 3rd run from run 1
-    assert all(r[4].endswith("--epochs 1") for s in shards for r in s)
+    assert all(r[4] == f" --epochs 1 --output_dir {tmp_path}" for s in shards for r in s)
     bad = sh("--dry-run", "--shard", "3/3")
     assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def test_train_options_go_after_the_separator_and_a_typo_submits_nothing(tmp_path):
+    bad = sh("--dry-run", "--output_dir", str(tmp_path), "--epochs", "1")
+    assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1, bad.stderr
+    assert "unknown option --epochs: train.py's arguments go after `--`" in bad.stderr
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text(f"#!/bin/sh\necho called >> {tmp_path}/sbatch_calls\necho 1\n")
+    sbatch.chmod(0o755)
+    typo = sh("--slurm", "--partiton", "gpu", "--", "--output_dir", str(tmp_path / "out"),
+              env={"PATH": f"{sbatch.parent}:{os.environ['PATH']}"})
+    assert typo.returncode == 2 and "unknown option --partiton: did you mean --partition?" in typo.stderr
+    assert not (tmp_path / "sbatch_calls").exists() and not (tmp_path / "out").exists()
+
+
+def test_relative_paths_are_taken_from_the_callers_folder(tmp_path):
+    """run_train.sh cds into the repository; relative --output-dir / --data-dir (before or after --) still
+    mean the folder it was typed in, and train.py, the SLURM scripts and `sweep state` get them absolute."""
+    work = tmp_path / "work"
+    ckpt.save({"epoch": 0}, work / "runs/cfg_2b/fold1/seed1001/checkpoint.pth")
+    for args in (["--output-dir", "runs", "--data_dir", "data"], ["--", "--data-dir", "data", "--output_dir", "runs"],
+                 ["--output-dir", "/nowhere", "--", "--output-dir=runs", "--data-dir=data"]):
+        res = subprocess.run(["bash", str(SCRIPT), "--dry-run", "--configs", "cfg_2b", "--folds", "1", *args], cwd=work,
+                             capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHON": "python"})
+        assert runs(res) == [("cfg_2b", "1", "1002", None, f" --data_dir {work}/data --output_dir {work}/runs")], args
+        assert "skip (finished): cfg_2b fold 1 seed 1001" in res.stderr
+    res = subprocess.run(["bash", str(SCRIPT), "--slurm", "--dry-run", "--configs", "cfg_2b", "--folds", "1",
+                          "--output-dir", "runs", "--", "--data_dir", "data"], cwd=work, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHON": "python"})
+    assert res.returncode == 0, res.stderr
+    assert f"# ---- {work}/runs/slurm/train_array.sbatch" in res.stdout
+    assert f"-m sweep check --configs cfg_2b --folds 1 --output_dir {work}/runs ||" in res.stdout
+    assert f"blend_weights.py --data-dir {work}/data --output-dir {work}/runs" in res.stdout
+    # `sweep state` (scripts/slurm_ddp.sbatch passes it train.py's arguments as they are)
+    res = subprocess.run([sys.executable, "-m", "sweep", "state", "cfg_2b", "1", "1001", "--epochs", "3",
+                          "--output_dir", "runs"], cwd=work, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert res.returncode == 0 and res.stdout.strip() == ckpt.FINISHED, res.stderr
 
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path):

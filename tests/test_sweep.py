@@ -2,6 +2,7 @@
 scripts (executed by bash with a recording stand-in for python), submission order and dependency (a
 recording stand-in for sbatch), the array task's re-check of a run, and the blend job's check."""
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
@@ -51,21 +52,56 @@ def test_selection_and_demo_runs():
         sweep.make_runs(folds=[4])
 
 
-def test_options_and_pass_through():
-    opts = cli.parse_args(["--configs", "cfg_1,cfg_3", "--epochs", "1", "--output-dir", "a", "--gpus=0,1",
-                             "--dry-run", "--", "--output_dir", "b", "--lr", "-1e-3", "--slurm"])
+def test_options_and_pass_through(tmp_path):
+    opts = cli.parse_args(["--configs", "cfg_1,cfg_3", "--output-dir", "a", "--gpus=0,1", "--dry-run", "--",
+                           "--output_dir", "b", "--lr", "-1e-3", "--slurm", "--epochs=1"], cwd=tmp_path)
     assert opts.configs == ["cfg_1", "cfg_3"] and opts.gpus == ["0", "1"] and opts.dry_run and not opts.slurm
-    assert opts.train_args == ["--epochs", "1", "--output_dir", "a", "--output_dir", "b", "--lr", "-1e-3", "--slurm"]
-    assert opts.output_dir == "b"  # train.py's last --output_dir is where the runs go
-    assert cli.parse_args([]).output_dir == "output"
+    # after --: train.py's, as given; the paths once each, absolute, the last one winning (after -- beats before)
+    assert opts.train_args == ["--lr", "-1e-3", "--slurm", "--epochs=1", "--output_dir", str(tmp_path / "b")]
+    assert opts.output_dir == str(tmp_path / "b") and opts.data_dir == str(sweep.ROOT / "datamount")
+    opts = cli.parse_args(["--data_dir", "d1", "--", "--data-dir=d2", "--output-dir", "/abs/o", "--data_dir", "d3"],
+                          cwd=tmp_path)
+    assert (opts.data_dir, opts.output_dir) == (str(tmp_path / "d3"), "/abs/o")
+    assert opts.train_args == ["--data_dir", str(tmp_path / "d3"), "--output_dir", "/abs/o"]
+    default = cli.parse_args([])
+    assert default.output_dir == str(sweep.ROOT / "output") and default.train_args == []  # the repository's
     for bad, message in ((["--shard", "2/2"], "0 <= i < n"), (["--max-parallel", "0"], "integer >= 1"),
-                         (["--configs"], "needs a value")):
-        with pytest.raises(ConfigError, match=message):
+                         (["--configs"], "needs a value"), (["--", "--output_dir"], "--output_dir needs a value"),
+                         (["--epochs", "1"], "unknown option --epochs: train.py's arguments go after `--`, e.g. "
+                                             "./run_train.sh [options] -- --epochs 1"),
+                         (["--partiton", "gpu"], "unknown option --partiton: did you mean --partition?"),
+                         (["--seed=3"], "unknown option --seed"), (["cfg_1"], "unexpected argument 'cfg_1'")):
+        with pytest.raises(ConfigError, match=re.escape(message)):
             cli.parse_args(bad)
+
+
+def test_an_unknown_option_before_the_separator_starts_nothing(tmp_path, monkeypatch, capsys):
+    """A typo (--partiton) or a train.py option before `--`: one line, exit 2, nothing submitted or trained."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder(bin_dir, "sbatch", extra="echo 101")
+    fake = recorder(tmp_path, "python")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHON", str(fake))
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "calls"))
+    out = tmp_path / "out"
+    for args in (["--slurm", "--partiton", "gpu"], ["--slurm", "--partition", "gpu", "--epochs", "1"],
+                 ["--configs", "cfg_1", "--folds", "0", "--lr", "1e-4"]):
+        assert cli.cli([*args, "--output-dir", str(out), "--", "--epochs", "1"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: unknown option --") and len(err.strip().splitlines()) == 1, err
+        assert "nothing was started" in err
+    assert not (tmp_path / "calls").exists() and not out.exists()
+    # the same options after -- go to train.py (here the recording stand-in) as they are
+    assert cli.cli(["--configs", "cfg_1", "--folds", "0", "--seeds", "5", "--output-dir", str(out), "--", "--lr",
+                    "1e-4"]) == 0
+    assert recorded(tmp_path / "calls") == [["train.py", "-C", "cfg_1", "--fold", "0", "--seed", "5", "--lr", "1e-4",
+                                             "--output_dir", str(out)]]
 
 
 def test_bad_input_is_one_line(tmp_path, capsys):
     cases = ((["--configs", "cfg_9"], "unknown config 'cfg_9'"), (["--shard", "1/x"], "--shard expects i/n"),
+             (["--partiton", "gpu"], "did you mean --partition?"),
              (["--folds", "5"], "bad fold 5"), (["--slurm", "--shard", "0/2"], "--shard and --gpus are for"),
              (["--slurm", "--time", "soon"], "--time expects"), (["--gpus"], "--gpus needs a value"))
     for args, message in cases:
@@ -95,7 +131,43 @@ def test_array_script_runs_each_task_with_its_run_and_exact_arguments(tmp_path):
     subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
     [call] = recorded(tmp_path / "calls")  # task 5 = cfg_2a fold 1; its state is checked by `sweep task`
     assert call == ["-m", "sweep", "task", "cfg_2a", "1", "1001", "--nproc", "2", "--",
-                    "--output_dir", str(tmp_path / "out"), "--data_dir", "/data/hms", *tricky]
+                    *tricky, "--data_dir", "/data/hms", "--output_dir", str(tmp_path / "out")]
+
+
+def test_data_and_output_dir_after_the_separator_are_the_sweeps_too(tmp_path, capsys):
+    """`-- --data-dir D --output-dir O`: the runs' states, the train.py commands, both SLURM scripts, the
+    blend job's `sweep check` and blend_weights.py all use D and O (not output/ and datamount/)."""
+    data, out = tmp_path / "d", tmp_path / "o"
+    ckpt.save({"epoch": 0}, sweep.SweepRun("cfg_1", 0, 1001).folder(out) / ckpt.CHECKPOINT_FILE)
+    pick = ["--configs", "cfg_1", "--folds", "0"]
+    paths = ["--", "--data-dir", str(data), "--output-dir", str(out)]
+    assert cli.cli(["--dry-run", *pick, *paths]) == 0
+    text = capsys.readouterr()
+    assert text.out.strip().splitlines() == [f"{sweep.python_cmd()} train.py -C cfg_1 --fold 0 --seed 1002 "
+                                             f"--data_dir {data} --output_dir {out}"]
+    assert "skip (finished): cfg_1 fold 0 seed 1001" in text.err  # its state was read under O
+
+    assert cli.cli(["--slurm", "--dry-run", *pick, *paths]) == 0
+    text = capsys.readouterr().out
+    array = text[text.index(f"# ---- {out}/slurm/train_array.sbatch"):text.index("# ---- ", 10)]
+    blend = text[text.index(f"# ---- {out}/slurm/blend.sbatch"):]
+    assert "#SBATCH --array=0-0\n" in array and f"#SBATCH --output={out}/logs/slurm/train_%A_%a.out" in array
+    assert f"  --data_dir {data}\n  --output_dir {out}\n" in array  # TRAIN_ARGS
+    assert f"#SBATCH --output={out}/logs/slurm/blend_%j.out" in blend
+    script = tmp_path / "blend.sbatch"
+    script.write_text(blend)
+    fake = recorder(tmp_path, "python")
+    subprocess.run(["bash", str(script)], env={**os.environ, "PYTHON": str(fake), "RECORD_TO": str(tmp_path / "calls")},
+                   check=True, timeout=30)
+    check, blend_call = recorded(tmp_path / "calls")
+    assert check == ["-m", "sweep", "check", "--configs", "cfg_1", "--folds", "0", "--output_dir", str(out)]
+    assert blend_call[:5] == ["scripts/blend_weights.py", "--data-dir", str(data), "--output-dir", str(out)]
+
+    # `sweep check` reads O from after -- as well (the last one wins)
+    res = subprocess.run([sys.executable, "-m", "sweep", "check", *pick, "--output-dir", "elsewhere", "--",
+                          "--output_dir", str(out)], cwd=sweep.ROOT, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and f"check: 1 of 2 run(s) finished under {out}" in res.stdout, res.stdout + res.stderr
+    assert "NOT FINISHED: cfg_1 fold 0 seed 1002" in res.stdout
 
 
 def test_cpu_array_has_no_gpu_request_and_no_throttle_unless_asked(tmp_path):
