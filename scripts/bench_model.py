@@ -6,6 +6,7 @@
     python scripts/bench_model.py --before-after                   # CPU: the torchaudio mel (before) vs now, one table
     python scripts/bench_model.py -C cfg_3 --batch-size 2 --compare-loops    # vs per-sample Python loops
     python scripts/bench_model.py -C cfg_5a --backbone test_efficientnet     # any config field overrides
+    python scripts/bench_model.py -C cfg_1 cfg_2a cfg_3 cfg_5a --demo-size --table --variants fp32 fp16 bf16
 
 Peak memory: on CUDA torch.cuda.max_memory_allocated over the timed steps (what the model needs,
 without the allocator's cache); on the CPU the process's maximum RSS (with --table each row runs in
@@ -32,6 +33,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 
+from configs.demo import demo_overrides  # noqa: E402
 from models import layers  # noqa: E402
 from engine import precision  # noqa: E402
 from engine.build import build_model  # noqa: E402
@@ -184,6 +186,8 @@ def bench_one(args, rest) -> dict:
     cfg = load_config(args.config[0])
     cfg.pretrained = False  # the bench measures speed; weights do not matter
     cfg.compile, cfg.channels_last = args.compile, args.channels_last
+    if args.demo_size:  # the demo's CPU-sized model of the config (configs/demo.py)
+        apply_overrides(cfg, demo_overrides(cfg.name))
     apply_overrides(cfg, rest)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -247,6 +251,7 @@ def run_row(config: str, batch: int | None, variant: str, args, rest) -> dict:
            "--steps", str(args.steps), *variant_flags(variant), *rest]
     if batch:
         cmd += ["--batch-size", str(batch)]
+    cmd += ["--demo-size"] if args.demo_size else []
     for flag, value in (("--warmup", args.warmup), ("--threads", args.threads)):
         if value is not None:
             cmd += [flag, str(value)]
@@ -311,6 +316,7 @@ def parse_args(argv):
                     help="table of legacy vs default (plus --variants) for cfg_2a batch 8, cfg_3 and cfg_5a batch 2")
     ap.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
+    ap.add_argument("--demo-size", action="store_true", help="the demo's CPU-sized model of each config (configs/demo.py)")
     args, rest = ap.parse_known_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
