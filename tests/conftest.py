@@ -25,6 +25,8 @@ KNOWN_CACHES = ("torchinductor", "triton")  # set below; removed with the folder
 # folders that libraries make for themselves (multiprocessing's, torch's compile cache and torchrun's logs
 # in processes started by SLURM or torchrun): removed with the session folder, not counted as strays
 TOOL_DIRS = ("pymp-", "torchinductor_", "torchelastic_")
+# `import wandb` (timm imports it when it is installed) makes these two temp folders in every process
+TOOL_DIR_SUFFIXES = ("wandb-artifacts", "wandb-media")
 os.environ["TMPDIR"] = tempfile.tempdir = str(SESSION_TMP)  # subprocesses inherit it
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(SESSION_TMP / "torchinductor"))
 os.environ.setdefault("TRITON_CACHE_DIR", str(SESSION_TMP / "triton"))
@@ -43,7 +45,8 @@ def _remove_session_tmp() -> None:  # registered first, so it runs after pytest'
 def pytest_sessionfinish(session, exitstatus):
     """A passing suite removes the session's temp folder at exit; stray files left there fail it."""
     stray = sorted(p.name for p in SESSION_TMP.iterdir()
-                   if not p.name.startswith(("pytest-of-", *TOOL_DIRS)) and p.name not in KNOWN_CACHES)
+                   if not p.name.startswith(("pytest-of-", *TOOL_DIRS)) and not p.name.endswith(TOOL_DIR_SUFFIXES)
+                   and p.name not in KNOWN_CACHES)
     if exitstatus == 0 and stray:
         print(f"\nerror: the tests left {len(stray)} entr(y/ies) in the temp folder {SESSION_TMP}: {', '.join(stray[:5])}")
         session.exitstatus = 1
