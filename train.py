@@ -71,6 +71,7 @@ def parse_args(argv: list[str]):
     p.add_argument("--force", action="store_true")
     p.add_argument("--stop-after-epochs", default=None)
     opts, rest = p.parse_known_args(argv)
+    rest = [a for a in rest if a != "--"]  # `train.py -C cfg -- --lr 1e-3` reads as without the --
     if not opts.config:
         raise ConfigError("no config given: use -C cfg_name (e.g. -C cfg_5a)")
     if opts.stop_after_epochs is not None:
@@ -89,6 +90,8 @@ def check_cfg(cfg) -> None:
         value = getattr(cfg, key)
         if not isinstance(value, int) or value < low:
             raise ConfigError(f"bad value for --{key}: {value!r} (an integer >= {low})")
+    if not isinstance(cfg.seed, int) or cfg.seed >= 2**32:  # one SeedSequence word (utils/seed.py); -1: draw one
+        raise ConfigError(f"bad value for --seed: {cfg.seed!r} (an integer below 2**32, or -1 for a random seed)")
     if cfg.optimizer != "Adam":
         raise ConfigError(f"bad value for --optimizer: {cfg.optimizer!r} (only Adam is implemented)")
     if cfg.schedule != "cosine":
@@ -337,6 +340,9 @@ def restore(run: Training) -> None:
             + ("; fp16 loss scaling starts afresh" if run.scaler.is_enabled() and not state["scaler"] else ""))
     opt_step.restore_pending_grads(run.model.parameters(), saved_pending_grads(state), info.rank, info.world_size,
                                    run.scaler)  # accumulation pending across the epoch end
+    if "grads_per_rank" not in state and info.distributed:
+        log("warning: this resume state holds rank 0's pending gradients only (written by an older version): "
+            "every rank continues from them, so the run will not equal an uninterrupted one")
     run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], state["history"]
     rng = state["rng"]
     if len(rng) != info.world_size:
@@ -419,7 +425,7 @@ def save_resume_state(run: Training, epoch: int) -> None:
     """Everything an uninterrupted run would carry into the next epoch, from every process: the pending
     gradients (unscaled) and the random states of each rank, the rest from rank 0 (identical on all)."""
     rngs = dist_utils.gather_objects(get_rng_state(), run.info)
-    grads = dist_utils.gather_objects(opt_step.pending_grads(run.model.parameters(), run.scaler), run.info)
+    grads = dist_utils.gather_to_main(opt_step.pending_grads(run.model.parameters(), run.scaler), run.info)
     if run.info.is_main:
         ckpt.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "grads_per_rank": grads,

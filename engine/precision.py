@@ -16,7 +16,7 @@ stay as on CUDA, and CUDA (or bfloat16, or no autocast) is untouched.
 from __future__ import annotations
 
 import contextlib
-import types
+import functools
 
 import torch
 import torch.nn as nn
@@ -75,20 +75,23 @@ def cpu_fp16_autocast() -> bool:
     return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.float16
 
 
-def _grouped_conv_forward(self, x):
+def _grouped_conv_forward(module, x):
+    """The convolution in float32 under CPU float16 autocast, its output in float16 as autocast would give it
+    (so the ops after it run as on CUDA); elsewhere the module's own forward."""
     if x.device.type == "cpu" and cpu_fp16_autocast():
         with torch.autocast("cpu", enabled=False):
-            return type(self).forward(self, x.float())
-    return type(self).forward(self, x)
+            out = type(module).forward(module, x.float())
+        return out.to(torch.float16)
+    return type(module).forward(module, x)
 
 
 def keep_grouped_convs_fp32(model: nn.Module) -> int:
-    """Make every grouped/depthwise convolution of `model` run in float32 under CPU float16 autocast (its
-    output is float32; the next autocast op casts it as usual). Elsewhere they run as before. The state dict
-    is unchanged. Returns how many convolutions were wrapped."""
+    """Make every grouped/depthwise convolution of `model` compute in float32 under CPU float16 autocast (its
+    output is float16, as autocast's would be). Elsewhere they run as before. The state dict is unchanged.
+    Returns how many convolutions were wrapped."""
     n = 0
     for m in model.modules():
         if isinstance(m, nn.modules.conv._ConvNd) and m.groups > 1 and "forward" not in vars(m):
-            m.forward = types.MethodType(_grouped_conv_forward, m)
+            m.forward = functools.partial(_grouped_conv_forward, m)  # picklable, unlike a bound method
             n += 1
     return n

@@ -52,25 +52,20 @@ def test_every_module_has_a_layer():
     assert {m.split(".")[0] for m in graph()} <= set(LAYERS)
 
 
-def test_imports_only_run_down():
-    wrong = [f"{a} -> {b}" for a, deps in graph().items() for b in deps
-             if layer(b) > layer(a) or (layer(b) == layer(a) and a.split(".")[0] != b.split(".")[0])]
-    assert wrong == []
+def violations(g: dict) -> list[str]:
+    """Imports up a layer, or sideways between two packages of one layer."""
+    return [f"{a} -> {b}" for a, deps in g.items() for b in deps
+            if layer(b) > layer(a) or (layer(b) == layer(a) and a.split(".")[0] != b.split(".")[0])]
 
 
-def test_nothing_imports_train_or_scripts():
-    assert [f"{a} -> {b}" for a, deps in graph().items() for b in deps if b.split(".")[0] in ("train", "scripts")] == []
-
-
-def test_no_cycle_among_files():
-    g = graph()
-    state, cycles = {}, []
+def cycles(g: dict) -> list[list[str]]:
+    state, found = {}, []
 
     def visit(node, stack):
         state[node] = "open"
-        for dep in sorted(g[node]):
+        for dep in sorted(g.get(node, ())):
             if state.get(dep) == "open":
-                cycles.append(stack[stack.index(dep):] + [dep])
+                found.append(stack[stack.index(dep):] + [dep])
             elif dep not in state:
                 visit(dep, stack + [dep])
         state[node] = "done"
@@ -78,13 +73,29 @@ def test_no_cycle_among_files():
     for node in sorted(g):
         if node not in state:
             visit(node, [node])
-    assert cycles == []
+    return found
 
 
-def test_the_check_sees_a_wrong_import(tmp_path, monkeypatch):
-    """The reader itself: an upward import and a cycle planted in a copy are found."""
-    g = {"utils.a": {"engine.b"}, "engine.b": {"utils.a"}}
-    assert [a for a, deps in g.items() for b in deps if layer(b) > layer(a)] == ["utils.a"]
+def test_imports_only_run_down():
+    assert violations(graph()) == []
+
+
+def test_nothing_imports_train_or_scripts():
+    assert [f"{a} -> {b}" for a, deps in graph().items() for b in deps if b.split(".")[0] in ("train", "scripts")] == []
+
+
+def test_no_cycle_among_files():
+    assert cycles(graph()) == []
+
+
+def test_the_checks_see_wrong_imports(tmp_path):
+    """The checks themselves: planted upward and sideways imports and a cycle are found, a clean graph is not."""
+    planted = {"utils.a": {"engine.b"}, "engine.b": {"utils.a"}, "data.x": {"models.y"}, "models.y": set(),
+               "sweep.s": {"inference.i"}, "inference.i": set()}
+    assert sorted(violations(planted)) == ["data.x -> models.y", "sweep.s -> inference.i", "utils.a -> engine.b"]
+    assert cycles(planted) == [["engine.b", "utils.a", "engine.b"]]
+    clean = {"engine.b": {"utils.a", "data.x"}, "utils.a": set(), "data.x": {"utils.a"}}
+    assert violations(clean) == [] and cycles(clean) == []
     src = tmp_path / "x.py"
     src.write_text("from engine import build\nimport utils.io\nfrom .sibling import f\n")
     known = {"engine", "engine.build", "utils.io", "pkg.sibling"}

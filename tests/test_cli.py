@@ -23,3 +23,17 @@ def test_unknown_options_and_values_are_left_alone():
     p.add_argument("--tag")
     args, rest = p.parse_known_args(["--tag=a_b", "--data_dir", "d", "--other_thing", "x"])
     assert (args.tag, args.data_dir, rest) == ("a_b", "d", ["--other_thing", "x"])
+
+
+def test_lists_take_commas_spaces_and_negative_numbers():
+    from utils.cli import ArgumentParser
+    from utils.config import ConfigError
+
+    p = ArgumentParser()
+    p.add_list("--folds", type=int)
+    for argv, folds in ((["--folds", "-1,0"], [-1, 0]), (["--folds", "0,-1"], [0, -1]), (["--folds", "-1", "0"], [-1, 0]),
+                        (["--folds=-1,0"], [-1, 0]), (["--folds", "0", "1,2"], [0, 1, 2])):
+        assert p.parse_args(argv).folds == folds, argv
+    for bad in (["--folds", ","], ["--folds"]):
+        with pytest.raises(ConfigError, match="--folds needs a value"):
+            p.parse_args(bad)

@@ -77,3 +77,22 @@ def test_cuda_random_states_of_more_gpus_than_this_process_sees(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(8, dtype=torch.uint8)])
     set_calls.clear()
     assert seeds.set_rng_state(seeds.get_rng_state()) is None and set_calls == [0]
+
+
+def test_pending_gradients_restore_per_rank_or_as_their_mean_scaled_for_the_run():
+    """Resume with the same number of processes: each rank its own; with another: the mean of the saved
+    ranks (what their all-reduce would have applied); a parameter no rank has a gradient for stays None;
+    an fp16 scaler multiplies them by its scale."""
+    from engine.step import restore_pending_grads
+
+    saved = [[torch.tensor([1.0, 2.0]), None, torch.tensor([4.0])],
+             [torch.tensor([3.0, 6.0]), None, None]]
+    params = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(1)), torch.nn.Parameter(torch.zeros(1))]
+    off = torch.amp.GradScaler("cpu", enabled=False)
+    restore_pending_grads(params, saved, rank=1, world=2, scaler=off)
+    assert params[0].grad.tolist() == [3.0, 6.0] and params[1].grad is None and params[2].grad is None
+    restore_pending_grads(params, saved, rank=0, world=1, scaler=off)
+    assert params[0].grad.tolist() == [2.0, 4.0] and params[1].grad is None and params[2].grad.tolist() == [2.0]
+    fp16 = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    restore_pending_grads(params, saved, rank=0, world=2, scaler=fp16)
+    assert params[0].grad.tolist() == [1024.0, 2048.0] and params[2].grad.tolist() == [4096.0]

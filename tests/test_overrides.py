@@ -58,3 +58,10 @@ def test_script_entry_point(tmp_path):
     res = subprocess.run([sys.executable, str(ROOT / "train.py"), "--help"], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120)
     assert res.returncode == 0 and "train.py -C" in res.stdout
+
+
+def test_train_command_line_edges():
+    assert train.parse_args(["-C", "cfg_1", "--", "--lr", "1e-3"])[0].lr == 1e-3  # a `--` before the overrides
+    with pytest.raises(ConfigError, match="below 2\\*\\*32"):  # one SeedSequence word (utils/seed.py)
+        train.parse_args(["-C", "cfg_1", "--seed", str(2**32)])
+    assert train.parse_args(["-C", "cfg_1", "--seed", str(2**32 - 1)])[0].seed == 2**32 - 1

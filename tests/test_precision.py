@@ -2,6 +2,7 @@
 training steps are finite and their logits stay within a stated tolerance of float32; gradient
 accumulation; which dtype a config resolves to; the speed switches keep the numbers."""
 import copy
+import io
 
 import pytest
 import torch
@@ -201,3 +202,19 @@ def test_cpu_fp16_runs_grouped_convolutions_in_float32_and_the_rest_in_float16(n
     with ConvDtypes() as rec, precision.autocast_ctx("bfloat16", CPU)():
         model(batch)
     assert {dtype for is_grouped, dtype in rec.seen if is_grouped} == {torch.bfloat16}  # only fp16 is special
+
+
+def test_the_grouped_convolution_wrapper_pickles_and_gives_autocasts_dtype():
+    """A whole model saved with torch.save (spawned workers, EMA copies) keeps the wrapper; the wrapped
+    convolution hands on float16, as autocast's own convolution would, so what follows runs as on CUDA."""
+    model = nn.Sequential(nn.Conv1d(8, 8, 5, groups=8, padding=2), nn.Conv1d(8, 4, 1))
+    assert precision.keep_grouped_convs_fp32(model) == 1
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    x = torch.randn(2, 8, 40)
+    with ConvDtypes() as rec, precision.autocast_ctx("float16", CPU)():
+        out = loaded[0](x)
+    assert out.dtype == torch.float16 and rec.seen == {(True, torch.float32)}
+    torch.testing.assert_close(out.float(), model[0](x), atol=2e-3, rtol=2e-3)  # fp32 math, fp16 rounding

@@ -21,6 +21,8 @@ class ArgumentParser(argparse.ArgumentParser):
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        # '-1', '-1,0' and '-0.5' are values (e.g. `--folds -1,0`), never options
+        self._negative_number_matcher = re.compile(r"^-(\d[\d.,\s-]*|\.\d+)$")
 
     def parse_known_args(self, args=None, namespace=None):
         args = list(sys.argv[1:] if args is None else args)
@@ -51,6 +53,8 @@ class _ListAction(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = split_list(values)
+        if not items:
+            raise ConfigError(f"{option_string} needs a value")
         try:
             setattr(namespace, self.dest, [self.item_type(v) for v in items])
         except (TypeError, ValueError) as err:

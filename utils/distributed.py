@@ -43,7 +43,9 @@ def setup() -> DistInfo:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo", rank=rank, world_size=world,
                                 **({"device_id": device} if cuda else {}))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    # processes on this node: torchrun's LOCAL_WORLD_SIZE, else SLURM's tasks per node (srun without torchrun)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+                      or (1 if world == 1 else world))
     return DistInfo(rank, world, local_rank, device, local_world)
 
 
@@ -58,6 +60,15 @@ def gather_objects(obj, info: DistInfo) -> list:
         return [obj]
     out = [None] * info.world_size
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_main(obj, info: DistInfo) -> list | None:
+    """Every rank's `obj` in rank order on rank 0 (None elsewhere): for large objects only rank 0 keeps."""
+    if not info.distributed:
+        return [obj]
+    out = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

@@ -8,7 +8,8 @@
   and saved/restored on resume.
 Each kind of stream starts its SeedSequence entropy with its own domain word (ORDER, ITEM, RANK), so no
 two kinds can coincide: without it, `[seed, epoch]` and `[seed, epoch, 0]` are one stream (SeedSequence
-pads with zeros) and `[seed, rank]` another kind's `[seed, epoch]` (tests/test_core.py checks a grid).
+pads with zeros) and `[seed, rank]` another kind's `[seed, epoch]` (tests/test_seed.py checks a grid).
+Seeds are below 2**32 (train.py checks), so each is one entropy word.
 The states are stored as plain tensors/ints (no numpy pickles) so checkpoints load with
 torch.load(weights_only=True).
 """
