@@ -340,7 +340,7 @@ def restore(run: Training) -> None:
             + ("; fp16 loss scaling starts afresh" if run.scaler.is_enabled() and not state["scaler"] else ""))
     opt_step.restore_pending_grads(run.model.parameters(), saved_pending_grads(state), info.rank, info.world_size,
                                    run.scaler)  # accumulation pending across the epoch end
-    if "grads_per_rank" not in state and info.distributed:
+    if "grads_per_rank" not in state and len(state["rng"]) > 1:
         log("warning: this resume state holds rank 0's pending gradients only (written by an older version): "
             "every rank continues from them, so the run will not equal an uninterrupted one")
     run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], state["history"]
@@ -348,8 +348,7 @@ def restore(run: Training) -> None:
     if len(rng) != info.world_size:
         log(f"warning: resuming a run of {len(rng)} process(es) with {info.world_size}: its pending gradients are "
             f"averaged and its random streams reassigned, so the continuation will not match an uninterrupted run")
-    if note := set_rng_state(rng[info.rank % len(rng)]):
-        log(f"warning: {note}")
+    set_rng_state(rng[info.rank % len(rng)], warn=lambda note: log(f"warning: {note}"))
     log(f"resuming {out} after epoch {run.start_epoch}/{run.cfg.epochs}")
 
 

@@ -223,6 +223,7 @@ def cpu_runs(work: Path) -> None:
     import runpy
 
     from engine import precision
+    from utils import checkpoint as ckpt
 
     train_main = runpy.run_path(str(ROOT / "train.py"), run_name="train_cli")["main"]
 
@@ -254,9 +255,17 @@ def cpu_runs(work: Path) -> None:
     run(base("0", "--amp_dtype", "float8"), 2, "bad value for --amp_dtype")  # after drawing a seed
     run(base("1", "--resume"), 2, "--resume without --seed needs exactly one interrupted run")
     run(base("1", "--resume", "--seed", "5"), 2, "nothing to resume")
-    # the torchrun run's 2-process fp32 run, resumed in one process in fp16, finishes with an oracle KL
+    run(base("0", "--seed", str(2**32)), 2, "bad value for --seed")
+    run(base("0", "--seed", "9", "--epochs", "1", "--grad_accumulation", "99"), 2, "would never step")
+    # the torchrun run's 2-process fp32 run, its resume state rewritten as older versions wrote it (rank 0's
+    # pending gradients only), resumed in one process in fp16, finishes with an oracle KL
+    [resume_file] = (out / "cfg_2a" / "fold0").glob(f"seed*/{ckpt.RESUME_FILE}")
+    state = ckpt.load(resume_file)
+    state["grads"] = state.pop("grads_per_rank")[0]
+    ckpt.save(state, resume_file)
     run(base("0", "--resume", "--epochs", "2", *TINY, "--amp_dtype", "float16"), 0, "resuming with changed config field(s)",
-        "fp16 loss scaling starts afresh", "RNG states of 2 process(es)", "oracle", "done:")
+        "fp16 loss scaling starts afresh", "resuming a run of 2 process(es) with 1", "rank 0's pending gradients only",
+        "oracle", "done:")
     fp16 = ["--seed", "2", *TINY, "--amp_dtype", "float16"]
     run(base("1", *fp16, "--epochs", "1"), 0, "warning: no oracle KL", "done:")
     run(base("1", *fp16, "--epochs", "1"), 2, "holds a finished run")

@@ -77,21 +77,19 @@ def get_rng_state(generator: torch.Generator | None = None) -> dict:
     return state
 
 
-def set_rng_state(state: dict, generator: torch.Generator | None = None) -> str | None:
-    """Restore get_rng_state's states; returns a one-line note when not every saved CUDA state could be."""
+def set_rng_state(state: dict, generator: torch.Generator | None = None, warn=None) -> None:
+    """Restore get_rng_state's states; `warn(line)` says so when not every saved CUDA state could be."""
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     py = state["python"]
     random.setstate((py[0], tuple(py[1]), py[2]))
-    note = None
     if "cuda" in state and torch.cuda.is_available():
         saved, now = len(state["cuda"]), torch.cuda.device_count()
         for i in range(min(saved, now)):  # a run started with more (or fewer) visible GPUs than this process has
             torch.cuda.set_rng_state(state["cuda"][i], i)
-        if saved != now:
-            note = f"the run saved the random states of {saved} GPU(s), this process sees {now}: restored {min(saved, now)}"
+        if saved != now and warn is not None:
+            warn(f"the run saved the random states of {saved} GPU(s), this process sees {now}: restored {min(saved, now)}")
     if generator is not None and "loader" in state:
         generator.set_state(state["loader"])
-    return note
