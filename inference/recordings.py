@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from data import recording
+from data import channels, recording
 from data.signal import FS, WINDOW
 from inference import timeline
 from inference.ensemble import describe_amp, ensemble_probs, load_ensemble, resolve_device
@@ -20,16 +20,22 @@ def output_name(path: Path) -> str:
 
 
 def score_recordings(files, output_dir, blend_path=None, out_dir="predictions", stride=10.0, device="auto",
-                       batch_size=16, num_workers=0, cache_dir=None, allow_missing=False, amp_dtype=None) -> dict:
+                       batch_size=16, num_workers=0, cache_dir=None, allow_missing=False, amp_dtype=None,
+                       channel_map=None) -> dict:
     """Score each file in 50 s windows every `stride` s: {file: window table}; writes the csv and png.
-    `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast dtype (inference/ensemble.py)."""
+    `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast dtype (inference/ensemble.py);
+    `channel_map`: a channel map file (data/channels.read_channel_map) for every file."""
     dev = resolve_device(device)  # first: an unusable device is one line before any file is read
-    recs = [recording.open_recording(f, allow_missing) for f in files]  # every header checked first
+    user_map = channels.read_channel_map(channel_map) if channel_map is not None else None
+    recs = [recording.open_recording(f, allow_missing, user_map) for f in files]  # every header checked first
     names = [output_name(r.source.path) for r in recs]
     if len(set(names)) < len(names):
         raise DataError(f"two recordings share an output name ({', '.join(names)}): score them separately")
     weights, runs = load_ensemble(output_dir, blend_path, Path(files[0]).parent, cache_dir)
-    store = recording.RecordingStore(recs, cache_dir or recording.default_cache_dir())
+    cache_root = Path(cache_dir) if cache_dir else recording.default_cache_dir()
+    if user_map is not None:  # a channel map changes what a file decodes to: its own cache folder
+        cache_root = cache_root / f"channel-map_{user_map.digest()}"
+    store = recording.RecordingStore(recs, cache_root)
     starts, parts = [], []
     for i, rec in enumerate(recs):
         print(rec.describe())
