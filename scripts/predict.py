@@ -5,7 +5,8 @@ timeline for each of your own recordings.
                               [--blend output/blend_weights.json] [--device auto] [--batch-size 16]
                               [--amp-dtype float16|bfloat16|float32]
     python scripts/predict.py --recording FILE [FILE ...] [--stride 10] [--out-dir predictions]
-                              [--allow-missing] [--output-dir output] ...
+                              [--allow-missing] [--channel-map FILE] [--event-threshold P]
+                              [--output-dir output] ...
 
 Kaggle layout: for each eeg of <data_dir>/test.csv (a 50 s recording in <data_dir>/test_eegs/; a
 longer one is scored on its first 50 s, a shorter one zero-padded, each with a warning): each run folder
@@ -21,9 +22,12 @@ autocast); the header line names it. An unusable --device (no CUDA, cuda:N beyon
 malformed name) is one error line.
 
 --recording: EDF/EDF+, BDF, BrainVision (.vhdr), FIF, EEGLAB (.set) or Kaggle-style parquet of any
-length and rate (data/recording.py reads, maps the channels by name and resamples to 200 Hz), scored
-in 50 s windows every --stride seconds with the same runs and blend; per recording it writes
-<name>_windows.csv and <name>_timeline.png into --out-dir and prints a summary line.
+length and rate (data/recording.py reads, maps the channels by name, or by --channel-map, referential or
+the 16 double-banana pairs, and resamples to 200 Hz), scored in 50 s windows every --stride seconds with
+the same runs and blend; per recording it writes <name>_windows.csv, <name>_timeline.png (with the
+file's own annotations), <name>_events.tsv (BIDS events) and <name>_annotations.csv (MNE's CSV
+annotations: runs of windows of a harmful pattern, as top class or with p >= --event-threshold) and
+<name>_file_annotations.tsv into --out-dir and prints a summary line.
 """
 from __future__ import annotations
 
@@ -63,9 +67,17 @@ def parse_args(argv=None):
     g.add_argument("--out-dir", default="predictions", help="where <name>_windows.csv and <name>_timeline.png go")
     g.add_argument("--allow-missing", action="store_true",
                    help="score a recording that lacks some montage electrodes (their channels become zeros)")
+    g.add_argument("--channel-map", default=None, metavar="FILE",
+                   help="CSV (two columns) or JSON object: the file's channel name -> 10-20 electrode or pair "
+                        "(Fp1, T7, Fp1-F7; empty: unused), for names the reader does not recognise")
+    g.add_argument("--event-threshold", type=float, default=None, metavar="P",
+                   help="a window is part of a harmful pattern's event when it is its top class or, with this, "
+                        "when its probability reaches P")
     args = p.parse_args(argv)
     if not args.stride > 0:
         p.error(f"--stride must be > 0 seconds, got {args.stride}")
+    if args.event_threshold is not None and not 0 < args.event_threshold <= 1:
+        p.error(f"--event-threshold must be in (0, 1], got {args.event_threshold}")
     return args
 
 
@@ -73,7 +85,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.recording:
         return score_recordings(args.recording, args.output_dir, args.blend, args.out_dir, args.stride, args.device,
-                                  args.batch_size, args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype)
+                                  args.batch_size, args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype,
+                                  args.channel_map, args.event_threshold)
     t0 = time.perf_counter()
     sub, _ = predict_submission(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
                                 args.cache_dir, args.amp_dtype)
