@@ -223,6 +223,8 @@ def cpu_runs(work: Path) -> None:
     import runpy
 
     from engine import precision
+    from utils import checkpoint as ckpt
+    from utils.claim import Claim
 
     train_main = runpy.run_path(str(ROOT / "train.py"), run_name="train_cli")["main"]
 
@@ -254,6 +256,8 @@ def cpu_runs(work: Path) -> None:
     run(base("0", "--amp_dtype", "float8"), 2, "bad value for --amp_dtype")  # after drawing a seed
     run(base("1", "--resume"), 2, "--resume without --seed needs exactly one interrupted run")
     run(base("1", "--resume", "--seed", "5"), 2, "nothing to resume")
+    with Claim(ckpt.claim_file(ckpt.run_dir(out, "cfg_2a", 1, 5))):  # the run is held (utils/claim.py)
+        run(base("1", "--seed", "5"), 2, "is being trained by another process")
     # the torchrun run's 2-process fp32 run, resumed in one process in fp16, finishes with an oracle KL
     run(base("0", "--resume", "--epochs", "2", *TINY, "--amp_dtype", "float16"), 0, "resuming with changed config field(s)",
         "fp16 loss scaling starts afresh", "RNG states of 2 process(es)", "oracle", "done:")
