@@ -17,8 +17,9 @@ run_info.json, metrics.csv (per epoch), last_state.pth (resume state, removed at
 end val_logits.csv (eeg_id, label_id, raw logits), learning_curve.png and checkpoint.pth, written last
 and fsynced: utils/checkpoint.py's rule makes a folder with a complete checkpoint.pth a finished run,
 and only finished runs are blended or predicted with. `--force` trains into a hidden .seed<seed>.force/
-beside the old run and replaces it only when the new run finishes. A run that fails before its first
-epoch ends leaves no folder behind. Seeds: see utils/seed.py (augmentations depend only on seed,
+beside the old run and replaces it only when the new run finishes. One process trains a run: rank 0
+claims it first (utils/claim.py), and a second train.py on it stops in one line (exit 2). A run that
+fails before its first epoch ends leaves no folder behind. Seeds: see utils/seed.py (augmentations depend only on seed,
 epoch and row). DDP: per-process batch = batch_size; validation in fixed batches of batch_size_val,
 whole batches per rank, gathered in row order (engine/loaders.val_rows); only rank 0 writes.
 """
@@ -50,6 +51,7 @@ from engine.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup
 from engine.step import to_device  # noqa: E402
 from engine.tracking import Tracker  # noqa: E402
 from utils import checkpoint as ckpt  # noqa: E402
+from utils import claim as claims  # noqa: E402
 from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -240,10 +242,24 @@ def choose_seed(cfg, opts, info) -> None:
         cfg.seed = dist_utils.broadcast_object(draw_seed(), info)
 
 
+def claim_run(final: Path, info, log) -> None:
+    """Rank 0 claims the run (utils/checkpoint.claim_to_train: one process per run; a finished --force run
+    left in staging is promoted, stale temporary files removed); every rank learns whether it could.
+    Released when train() ends."""
+    held = None
+    if info.is_main:
+        claims.release_on_sigterm()  # SIGTERM ends train.py as Ctrl-C does, so its claim is released
+        held = ckpt.claim_to_train(final, say=log)
+    held = dist_utils.broadcast_object(held, info)
+    if held:
+        raise ConfigError(held)
+
+
 def prepare_run_dir(cfg, opts, info, log) -> tuple[Path, Path]:
     """(work folder, final folder). A fresh run trains in its final folder; --force over an existing run
     trains in the hidden staging folder beside it, which replaces the old run only when it finishes."""
     final = ckpt.run_dir(cfg.output_dir, cfg.name, cfg.fold, cfg.seed)
+    claim_run(final, info, log)
     state, staging = ckpt.run_state(final), ckpt.staging_dir(final)
     problem = ckpt.checkpoint_problem(final / ckpt.CHECKPOINT_FILE)
     if opts["force"] and state != ckpt.NOT_STARTED:
@@ -491,15 +507,17 @@ def train_epochs(run: Training, opts) -> None:
 def train(cfg, opts, info) -> Path:
     """Build (or restore) and train one run; a run that fails before its first epoch ends leaves no folder."""
     log = print if info.is_main else (lambda *a, **k: None)
-    run = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
-    try:
-        if opts["resume"]:
-            restore(run)
-        train_epochs(run, opts)
-    except BaseException:
-        if run.created and info.is_main and not (run.work / ckpt.RESUME_FILE).exists() and not ckpt.is_finished(run.work):
-            shutil.rmtree(run.work, ignore_errors=True)
-        raise
+    with claims.scope():  # the run's claim (taken in prepare_run_dir) is released however train() ends
+        run = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
+        try:
+            if opts["resume"]:
+                restore(run)
+            train_epochs(run, opts)
+        except BaseException:
+            if (run.created and info.is_main and not (run.work / ckpt.RESUME_FILE).exists()
+                    and not ckpt.is_finished(run.work)):
+                shutil.rmtree(run.work, ignore_errors=True)
+            raise
     return run.final
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 from pathlib import Path
 
 import numpy as np
 
 from data.signal import EEG_COLUMNS
-from utils.io import DataError, atomic_write
+from utils.claim import STALE_S
+from utils.io import DataError, atomic_write, remove_stale_temps
 
 
 class ParquetEEG:
@@ -109,6 +111,9 @@ class EEGStore:
         """Decode one recording into the cache unless an up-to-date copy is there."""
         path = self.cache_path(eeg_id)
         if not path.exists():
+            # temporary files of this recording's decodes killed by SIGKILL (untouched for STALE_S: a live
+            # decode writes as it goes) are removed first; they can be gigabytes
+            remove_stale_temps(self.cache_dir, time.time() - STALE_S, "." + self.stale_pattern(eeg_id) + ".*.tmp")
             atomic_write(path, lambda tmp: self.decode_to(eeg_id, tmp))
             for stale in self.cache_dir.glob(self.stale_pattern(eeg_id)):
                 if stale != path:  # another process may have just written the current key: keep it

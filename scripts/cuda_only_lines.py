@@ -224,6 +224,7 @@ def cpu_runs(work: Path) -> None:
 
     from engine import precision
     from utils import checkpoint as ckpt
+    from utils.claim import Claim
 
     train_main = runpy.run_path(str(ROOT / "train.py"), run_name="train_cli")["main"]
 
@@ -255,6 +256,8 @@ def cpu_runs(work: Path) -> None:
     run(base("0", "--amp_dtype", "float8"), 2, "bad value for --amp_dtype")  # after drawing a seed
     run(base("1", "--resume"), 2, "--resume without --seed needs exactly one interrupted run")
     run(base("1", "--resume", "--seed", "5"), 2, "nothing to resume")
+    with Claim(ckpt.claim_file(ckpt.run_dir(out, "cfg_2a", 1, 5))):  # the run is held (utils/claim.py)
+        run(base("1", "--seed", "5"), 2, "is being trained by another process")
     run(base("0", "--seed", str(2**32)), 2, "bad value for --seed")
     run(base("0", "--seed", "9", "--epochs", "1", "--grad_accumulation", "99"), 2, "would never step")
     # the torchrun run's 2-process fp32 run, its resume state rewritten as older versions wrote it (rank 0's

@@ -19,8 +19,9 @@ Usage (./run_train.sh is this command):
   -- train.py args everything after -- goes to every train.py call as it is (the paths among it made
                    absolute), e.g. -- --epochs 1 --lr 1e-4; an unknown option before -- is an error (nothing
                    is trained or submitted)
-Finished runs are skipped, interrupted ones resumed. Each run logs to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log;
-locally the first failure stops new runs from starting.
+Finished runs are skipped, interrupted ones resumed; a run that another live process holds (the train.py of
+another sweep or job) is skipped, naming it. Each run appends to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log,
+a header line per attempt; locally the first failure stops new runs from starting.
 
 Inside SLURM jobs (written into the generated scripts):
   python -m sweep task CFG FOLD SEED [--nproc N] [-- train.py args]   one run, its state checked first
@@ -205,7 +206,7 @@ def sweep_main(argv, cwd=None) -> int:
         from sweep import slurm
 
         return slurm.submit_sweep(opts, selected)
-    todo = unfinished(selected[opts.shard[0]::opts.shard[1]], opts.output_dir)
+    todo = unfinished(selected[opts.shard[0]::opts.shard[1]], opts.output_dir, fix=not opts.dry_run)
     if opts.dry_run:
         print_commands(todo, opts)
         return 0

@@ -5,11 +5,18 @@ The full reproduction is 9 configs x (folds 0-3 with seeds 1001, 1002 + fold -1 
 the only place that list is made; `run_state` of utils/checkpoint is the only rule for whether a run is
 finished. The local runner (`run_jobs`: N train.py processes at a time, env vars per slot) serves
 ./run_train.sh (sweep/cli.py) and the demo; sweep/slurm.py turns the same list into a SLURM job array.
+
+Two sweeps (or a sweep and a resubmitted array) on one output folder train each run once: train.py
+claims its run (utils/claim.py), the sweep skips a run whose claim is live, saying who holds it, both
+when it picks the runs and just before it starts each one, and a train.py that stopped because another
+process claimed (or meanwhile finished) its run counts as skipped, not failed. Each attempt appends to
+the run's log after a header line; a log is never truncated.
 """
 from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -21,11 +28,13 @@ from typing import Callable
 
 from configs.ensemble import CONFIGS, FOLD_SEEDS
 from utils import checkpoint as ckpt
+from utils import claim as claims
 from utils.config import ConfigError, available_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TASK_HEADER = "=== sweep task"  # first line of each attempt in a run's log (the blend check quotes it)
+TASK_HEADER = "=== sweep task"  # first line of each SLURM attempt in a run's log (the blend check quotes it)
+LOCAL_HEADER = "=== sweep run"  # first line of each local attempt
 
 
 # --- the runs -------------------------------------------------------------------------------------
@@ -47,6 +56,39 @@ class SweepRun:
 
     def log(self, output_dir) -> Path:
         return Path(output_dir) / "logs" / f"{self.config}_fold{self.fold}_seed{self.seed}.log"
+
+    def holder(self, output_dir) -> claims.Holder | None:
+        """The live process that holds this run's claim (a train.py training it), else None."""
+        return claims.live_holder(ckpt.claim_file(self.folder(output_dir)))
+
+
+def settle(run: SweepRun, output_dir, fix: bool = True) -> None:
+    """A finished --force run left in its staging folder (its process died before promoting it) is promoted
+    now under the run's claim (utils/checkpoint.claim_run), or named when that fails; with fix=False (a dry
+    run) only named. A run another process holds is left to it."""
+    final = run.folder(output_dir)
+    staging = ckpt.staging_dir(final)
+    if not ckpt.is_finished(staging):
+        return
+    if not fix:
+        print(f"note: {run}: a finished --force run waits in {staging}; it is promoted when the run is next "
+              f"checked or started", file=sys.stderr)
+        return
+    try:
+        ckpt.claim_run(final, say=lambda msg: print(msg, file=sys.stderr, flush=True)).release()
+    except claims.ClaimHeld:
+        pass
+    except OSError as err:
+        print(f"warning: {run}: a finished --force run waits in {staging}; the run cannot be claimed to promote "
+              f"it: {err}", file=sys.stderr)
+
+
+def busy(run: SweepRun, output_dir) -> str | None:
+    """Why the sweep must not start `run` now: finished, or claimed by a live process; else None."""
+    if run.state(output_dir) == ckpt.FINISHED:
+        return "finished"
+    holder = run.holder(output_dir)
+    return f"held by {holder.describe()}" if holder else None
 
 
 def check_configs(configs) -> list[str]:
@@ -96,12 +138,12 @@ def train_argv(run: SweepRun, output_dir, extra=()) -> list[str]:
 # --- the local runner -----------------------------------------------------------------------------
 @dataclass
 class Job:
-    """One train.py run: where it logs, and how it starts (launcher: e.g. torchrun before train.py)."""
+    """One train.py run: where it logs (appended, after a header line per attempt), and how it starts
+    (launcher: e.g. torchrun before train.py)."""
     run: SweepRun
     output_dir: str
     extra: list = field(default_factory=list)
-    append: bool = False  # keep earlier attempts in the log (SLURM tasks)
-    header: str | None = None  # first line written to the log
+    header: str | None = None  # the attempt's first line in the log (default: local_header())
     launcher: list = field(default_factory=list)
 
     @property
@@ -111,6 +153,10 @@ class Job:
     def command(self) -> list[str]:
         return [python_cmd(), *self.launcher, *train_argv(self.run, self.output_dir, self.extra)]
 
+    def local_header(self) -> str:
+        return (f"{LOCAL_HEADER} on {socket.gethostname()} (sweep pid {os.getpid()}) at "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S')}: {self.run} was {self.run.state(self.output_dir)}")
+
 
 @dataclass
 class Result:
@@ -118,10 +164,11 @@ class Result:
     slot: int
     returncode: int
     seconds: float
+    skipped: str | None = None  # why the run was not (or not fully) trained here: another process has it
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0
+        return self.returncode == 0 or self.skipped is not None
 
 
 def _ends_mid_line(path: Path) -> bool:
@@ -139,11 +186,11 @@ class _Running:
         path = ROOT / job.log
         path.parent.mkdir(parents=True, exist_ok=True)
         self.job, self.slot, self.t0 = job, slot, time.perf_counter()
-        cut = job.append and _ends_mid_line(path)
-        self.fh = open(path, "ab" if job.append else "wb")
-        if job.header:  # on a line of its own, also after an attempt killed mid-line
-            self.fh.write(f"{chr(10) if cut else ''}{job.header}\n".encode())
-            self.fh.flush()
+        cut = _ends_mid_line(path)
+        self.fh = open(path, "ab")  # never truncated: each attempt is appended after its header
+        header = job.header or job.local_header()  # on a line of its own, also after an attempt killed mid-line
+        self.fh.write(f"{chr(10) if cut else ''}{header}\n".encode())
+        self.fh.flush()
         out, cmd = (subprocess.PIPE if tee else self.fh), job.command()
         try:
             self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
@@ -181,22 +228,34 @@ class _Running:
         self.finish()
 
 
-def run_jobs(jobs, slots=({},), *, tee=False, stop_on_failure=True,
-             on_start: Callable | None = None, on_end: Callable | None = None) -> list[Result]:
+def run_jobs(jobs, slots=({},), *, tee=False, stop_on_failure=True, on_start: Callable | None = None,
+             on_end: Callable | None = None, busy: Callable | None = None) -> list[Result]:
     """Run the jobs len(slots) at a time; slot i's env vars (a GPU id, one CPU thread...) go to each
     run it hosts. Output goes to each job's log (and the console with tee). With stop_on_failure no
-    job starts after a failure; running ones finish. Interrupted (Ctrl-C, SIGTERM): children stopped."""
+    job starts after a failure; running ones finish. Interrupted (Ctrl-C, SIGTERM): children stopped.
+    busy(job) -> reason or None: asked just before a job starts (a reason: not started) and after it
+    failed (a reason: skipped, not failed; e.g. another process claimed the run first)."""
     pending, running, results = deque(jobs), {}, []
+
+    def ended(res):
+        results.append(res)
+        if on_end:
+            on_end(res)
+
     try:
         while pending or running:
             for slot, env in enumerate(slots):
                 if slot in running and running[slot].done():
-                    results.append(running.pop(slot).finish())
-                    if on_end:
-                        on_end(results[-1])
-                stopped = stop_on_failure and any(not r.ok for r in results)
-                if slot not in running and pending and not stopped:
+                    res = running.pop(slot).finish()
+                    if res.returncode != 0 and busy:
+                        res.skipped = busy(res.job)
+                    ended(res)
+                while slot not in running and pending and not (stop_on_failure and any(not r.ok for r in results)):
                     job = pending.popleft()
+                    why = busy(job) if busy else None
+                    if why:
+                        ended(Result(job, slot, 0, 0.0, skipped=why))
+                        continue
                     if on_start:
                         on_start(job, slot)
                     running[slot] = _Running(job, slot, env, tee)
@@ -230,6 +289,9 @@ def run_local(opts, todo: list[SweepRun], n_selected: int) -> int:
         print(f"start: {job.run}{where} (log {job.log})", flush=True)
 
     def ended(res):
+        if res.skipped:
+            print(f"skip ({res.skipped}): {res.job.run}", file=sys.stderr, flush=True)
+            return
         if res.ok:
             if gpus:
                 print(f"done: {res.job.run}", flush=True)
@@ -239,22 +301,28 @@ def run_local(opts, todo: list[SweepRun], n_selected: int) -> int:
               f"when ./run_train.sh is started again", file=sys.stderr, flush=True)
 
     jobs = [Job(r, opts.output_dir, opts.train_args) for r in todo]
-    results = run_jobs(jobs, slots, tee=not gpus, on_start=started, on_end=ended)
+    results = run_jobs(jobs, slots, tee=not gpus, on_start=started, on_end=ended,
+                       busy=lambda job: busy(job.run, opts.output_dir))
     if any(not r.ok for r in results):
         if gpus:
             print("the runs already started on other GPUs were allowed to finish; exiting with failure",
                   file=sys.stderr)
         return 1
-    print("all runs finished")
+    skipped = sum(r.skipped is not None for r in results)
+    print("all runs finished" + (f" ({skipped} left to the other processes that hold them)" if skipped else ""))
     return 0
 
 
-def unfinished(runs, output_dir) -> list[SweepRun]:
-    """The runs not finished yet; each finished one is named on stderr."""
+def unfinished(runs, output_dir, fix: bool = True) -> list[SweepRun]:
+    """The runs to train: neither finished nor held by a live process (each skipped one is named on stderr,
+    with the holder). A finished --force run left in staging is promoted first (`settle`; fix=False: named)."""
     todo = []
     for run in runs:
+        settle(run, output_dir, fix)
         if run.state(output_dir) == ckpt.FINISHED:
             print(f"skip (finished): {run}", file=sys.stderr)
+        elif holder := run.holder(output_dir):
+            print(f"skip (held by {holder.describe()}): {run}", file=sys.stderr)
         else:
             todo.append(run)
     return todo

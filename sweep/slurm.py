@@ -23,6 +23,7 @@ from pathlib import Path
 
 from utils import checkpoint as ckpt
 from sweep import runs
+from sweep.runs import settle
 from configs.ensemble import BLEND_FILE, BLEND_FOLDS, FOLD_SEEDS
 from utils.cli import shell_quote
 from utils.config import ConfigError
@@ -203,19 +204,27 @@ def task_id() -> str | None:
 
 
 def run_task(run, opts) -> int:
-    """One run as an array task: its state is checked now (finished: nothing to do; interrupted: resume),
-    its train.py output appended to the run's log after a header naming the task."""
+    """One run as an array task: its state is checked now (finished: nothing to do; held by another live
+    process, e.g. a task of an earlier array: left to it; interrupted: resume), its train.py output
+    appended to the run's log after a header naming the task."""
+    settle(run, opts.output_dir)
     state = run.state(opts.output_dir)
     header = f"{runs.TASK_HEADER} {task_id() or '(no slurm job)'} on {socket.gethostname()}: {run} was {state}"
     if state == ckpt.FINISHED:
         print(f"{header}: already finished, not trained again", flush=True)
         return 0
+    if holder := run.holder(opts.output_dir):
+        print(f"{header}: held by {holder.describe()}: not trained here", flush=True)
+        return 0
     nproc = opts.nproc
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    job = runs.Job(run, opts.output_dir, opts.train_args, append=True, header=header, launcher=launcher)
+    job = runs.Job(run, opts.output_dir, opts.train_args, header=header, launcher=launcher)
     print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
           f"train.py output: {runs.ROOT / job.log}", flush=True)
-    [res] = runs.run_jobs([job])
+    [res] = runs.run_jobs([job], busy=lambda j: runs.busy(j.run, opts.output_dir))
+    if res.skipped:
+        print(f"{run}: not trained here ({res.skipped})", flush=True)
+        return 0
     print(f"{run}: {'finished' if res.ok else f'FAILED (exit status {res.returncode})'} after {res.seconds:.0f} s"
           + ("" if res.ok else f"; last lines of its log:\n{runs.tail(runs.ROOT / job.log)}"), flush=True)
     return res.returncode
@@ -234,11 +243,12 @@ def last_attempt(run, output_dir) -> str:
     task's own last line (e.g. SLURM's CANCELLED or TIME LIMIT) and its log's last line."""
     log = abs_dir(run.log(output_dir))
     try:
-        heads = [ln for ln in log.read_text(errors="replace").splitlines() if ln.startswith(runs.TASK_HEADER)]
+        heads = [ln for ln in log.read_text(errors="replace").splitlines()
+                 if ln.startswith((runs.TASK_HEADER, runs.LOCAL_HEADER))]
     except OSError:
         return f"no log ({log})"
-    if not heads:
-        return f"not run by a sweep task; log {log}: {last_line(log)}"
+    if not heads or heads[-1].startswith(runs.LOCAL_HEADER):
+        return f"not run by a sweep task{' last' if heads else ''}; log {log}: {last_line(log)}"
     task = heads[-1][len(runs.TASK_HEADER):].split()[0]
     own = abs_dir(output_dir) / "logs" / "slurm" / f"train_{task}.out"
     ended = last_line(own)
@@ -247,6 +257,8 @@ def last_attempt(run, output_dir) -> str:
 
 def check_finished(runs, output_dir, partial: bool = False) -> int:
     """Before the blend: name every run that did not finish; non-zero unless `partial` allows that."""
+    for run in runs:
+        settle(run, output_dir)  # a finished --force run left in staging
     bad = [r for r in runs if r.state(output_dir) != ckpt.FINISHED]
     print(f"check: {len(runs) - len(bad)} of {len(runs)} run(s) finished under {abs_dir(output_dir)}")
     for run in bad:

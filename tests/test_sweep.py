@@ -257,5 +257,7 @@ def test_local_runner_slots_and_no_new_start_after_a_failure(tmp_path, monkeypat
     jobs = [sweep.Job(r, str(tmp_path / "out"), ["--epochs", "1"]) for r in runs]
     results = sweep.run_jobs(jobs, [{"OMP_NUM_THREADS": "1"}] * 2)
     assert sorted((r.job.run.seed, r.returncode) for r in results) == [(1, 0), (2, 3)]  # seeds 3, 4 never started
-    assert (tmp_path / "out/logs/cfg_1_fold0_seed1.log").read_text().startswith("threads=1")
+    log = (tmp_path / "out/logs/cfg_1_fold0_seed1.log").read_text().splitlines()
+    assert log[0].startswith(f"{sweep.LOCAL_HEADER} on ") and log[0].endswith("cfg_1 fold 0 seed 1 was not started")
+    assert log[1:] == ["threads=1"]
     assert len(recorded(tmp_path / "calls")) == 2

@@ -9,6 +9,12 @@ A run folder <output_dir>/<name>/fold<fold>/seed<seed>/ is
   `checkpoint_problem` names it).
 train.py, run_train.sh (through sweep/), the blend, predict, plot_sample and the demo all use
 `run_state` / `is_finished` from here and nothing else.
+
+One process at a time trains a run: it holds the run's claim `.seed<seed>.claim` beside the folder
+(utils/claim.py; `claim_run`), which outlives the folder's removal and a --force promotion. Holding it,
+`claim_run` first finishes what a killed holder left: a finished --force run still in its staging folder
+is promoted (or named when that fails, never deleted), and temporary files of atomic writes older than the
+claim are removed.
 """
 from __future__ import annotations
 
@@ -20,8 +26,9 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
+from utils.claim import Claim, ClaimHeld
 from utils.config import cfg_from_dict
-from utils.io import DataError, atomic_write_text, fsync_path
+from utils.io import DataError, atomic_write_text, fsync_path, remove_stale_temps
 
 CHECKPOINT_FILE = "checkpoint.pth"  # a finished run's weights, written last
 RESUME_FILE = "last_state.pth"  # an interrupted run's resume state
@@ -67,16 +74,79 @@ def staging_dir(final) -> Path:
     return final.parent / f".{final.name}.force"
 
 
+def claim_file(final) -> Path:
+    """The run's claim (utils/claim.py): hidden beside its folder, so it survives the folder's removal."""
+    final = Path(final)
+    return final.parent / f".{final.name}.claim"
+
+
+def _old_dir(final: Path) -> Path:
+    return final.parent / f".{final.name}.old"
+
+
 def promote(staging, final) -> None:
     """Replace `final` by the finished `staging` run: old run aside, new run in, old run removed."""
     staging, final = Path(staging), Path(final)
-    old = final.parent / f".{final.name}.old"
+    old = _old_dir(final)
     shutil.rmtree(old, ignore_errors=True)
     if final.exists():
         os.replace(final, old)
     os.replace(staging, final)
     fsync_path(final.parent)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(final, say=print) -> None:
+    """Finish what a killed --force run left (the caller holds the run's claim): a finished run in the staging
+    folder is promoted, or named in one line when that fails (it is never deleted); the replaced run that an
+    interrupted promotion had set aside is removed."""
+    final = Path(final)
+    staging, old = staging_dir(final), _old_dir(final)
+    if is_finished(staging):
+        try:
+            promote(staging, final)
+        except OSError as err:
+            say(f"warning: the finished --force run {staging} could not replace {final} ({err}); it is kept there: "
+                f"move it to {final} by hand")
+            return
+        say(f"promoted the finished --force run {staging} to {final} (its process ended before promoting it)")
+    elif old.is_dir() and is_finished(final):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def claim_run(final, say=print) -> Claim:
+    """Claim the run folder `final` for this process (raises utils.claim.ClaimHeld naming a live holder; a
+    stale claim is taken over with one line), then tidy what an earlier holder left: `recover`, and the
+    temporary files of atomic writes in the run and its staging folder older than this claim. The claim
+    is the caller's to release (utils.claim.release_held also runs at exit)."""
+    final = Path(final)
+    claim = Claim(claim_file(final), say=say).acquire()
+    try:
+        recover(final, say)
+        for folder, pattern in ((final, ".*.tmp"), (staging_dir(final), ".*.tmp"),
+                                (final.parent, f".{final.name}.*.tmp")):  # the last: claims being made
+            remove_stale_temps(folder, claim.started, pattern)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def claim_to_train(final, say=print) -> str | None:
+    """`claim_run` for a process about to train `final`: None once claimed, else why not, in one line:
+    another live process holds the run, the claim cannot be made, or a finished --force run that could not
+    be promoted waits in staging (never deleted, so never trained over)."""
+    final = Path(final)
+    try:
+        claim = claim_run(final, say)
+    except ClaimHeld as err:
+        return f"{final} is being trained by another process: {err.holder.describe()} (claim {err.path}); not started"
+    except OSError as err:
+        return f"{claim_file(final)}: cannot claim the run: {err}"
+    if is_finished(staging_dir(final)):
+        claim.release()
+        return f"{staging_dir(final)} holds a finished --force run that could not replace {final} (see above)"
+    return None
 
 
 def is_finished(path) -> bool:

@@ -52,7 +52,8 @@ def fsync_path(path) -> None:
 
 def atomic_write(path, write_fn) -> None:
     """Call write_fn(tmp_path), fsync it, rename onto `path`, fsync the folder: readers never see half a
-    file, and after a crash or power loss the path holds either the old or the whole new content."""
+    file, and after a crash or power loss the path holds either the old or the whole new content. A SIGKILL
+    leaves the temporary `.<name>.*.tmp` behind: `remove_stale_temps` clears it later."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -65,6 +66,24 @@ def atomic_write(path, write_fn) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def remove_stale_temps(folder, older_than: float, pattern: str = ".*.tmp") -> list[Path]:
+    """Remove the temporary files of atomic writes (`pattern` in `folder`) last written before `older_than`
+    (a time.time() value): what a writer killed by SIGKILL left. Newer ones may belong to a live writer
+    and are kept. Returns the files removed."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for tmp in folder.glob(pattern):
+        try:
+            if tmp.is_file() and tmp.stat().st_mtime < older_than:
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            pass  # its writer finished (or another clean-up removed it) meanwhile
+    return removed
 
 
 def atomic_write_text(path, data) -> None:
