@@ -73,7 +73,7 @@ def test_one_epoch_writes_all_outputs(tiny_data, tmp_path, capsys, monkeypatch):
 def test_random_seed_is_drawn_and_recorded_and_cpu_amp_runs(tiny_data, tmp_path, capsys):
     out = tmp_path / "out"
     run_ok(train_args(tiny_data, out, "--epochs", "1", "--max_train_rows", "2", "--max_val_rows", "1",
-                      "--cpu_amp", "True"))
+                      "--cpu_amp", "True", "--grad_accumulation", "1"))  # one batch: one step
     assert "amp bfloat16" in capsys.readouterr().out
     (d,) = list((out / "cfg_2a" / "fold0").iterdir())
     seed = json.loads((d / "config.json").read_text())["seed"]
@@ -133,7 +133,7 @@ def test_neptune_failure_never_stops_training(tiny_data, tmp_path, capsys, monke
     monkeypatch.setattr(neptune, "init_run", init_run)
     monkeypatch.setenv("NEPTUNE_API_TOKEN", "fake")
     out = tmp_path / "out"
-    run_ok(train_args(tiny_data, out, "--epochs", "1", "--seed", "1", "--max_train_rows", "2",
+    run_ok(train_args(tiny_data, out, "--epochs", "1", "--seed", "1", "--max_train_rows", "2", "--grad_accumulation", "1",
                       "--neptune_mode", "async"))
     assert "neptune: disabled after error" in capsys.readouterr().out
     d = folder(out, 1)
@@ -151,7 +151,8 @@ def test_bad_fold_and_too_large_batch_are_errors(tiny_data, tmp_path, capsys):
 
 def test_fold_minus_one_trains_on_all_rows_and_validates_on_fold_0(tiny_data, tmp_path):
     out = tmp_path / "out"
-    run_ok(train_args(tiny_data, out, "--epochs", "1", "--seed", "2", "--batch_size", "4", fold="-1"))
+    run_ok(train_args(tiny_data, out, "--epochs", "1", "--seed", "2", "--batch_size", "4", "--grad_accumulation", "1",
+                      fold="-1"))  # 2 batches of 4: accumulation 1 so that the optimiser steps
     d = folder(out, 2, fold=-1)
     assert json.loads((d / "run_info.json").read_text())["train_rows"] == 8
     val = pd.read_csv(tiny_data / "train_folded_6k6.csv").query("fold == 0")
