@@ -453,7 +453,7 @@ def finish(run: Training) -> None:
     cfg = run.cfg
     plot_curve(run.work / "learning_curve.png", run.tracker.history, f"{cfg.name} fold {cfg.fold} seed {cfg.seed}")
     final = run.tracker.history[-1]
-    run.tracker.close()
+    run.tracker.finish([run.work / "learning_curve.png", run.work / "config.json", run.work / "val_logits.csv"])
     ckpt.save({"model": run.model.state_dict(), "name": cfg.name, "fold": cfg.fold, "seed": cfg.seed,
                "epoch": cfg.epochs - 1, "val_kl": final["val_kl"]}, run.work / ckpt.CHECKPOINT_FILE)
     (run.work / ckpt.RESUME_FILE).unlink(missing_ok=True)
@@ -473,7 +473,8 @@ def train_epochs(run: Training, opts) -> None:
         write_json(run.work / "run_info.json", {"world_size": info.world_size, "device": str(info.device),
                                               "train_rows": len(run.train_df), "val_rows": len(run.val_df),
                                               "torch": torch.__version__})
-    run.tracker = Tracker(cfg, run.work, enabled=info.is_main, resume_history=run.history, log=log)
+    run.tracker = Tracker(cfg, run.work, enabled=info.is_main, resume_history=run.history, log=log,
+                          tags={"world_size": info.world_size, "device": info.device.type, "precision": run.amp})
     run.val_ds = build_dataset(run.val_df, cfg, mode="val")
     run.val_target = vote_shares(run.val_df)
     run.prior_kl = metric.prior_kl(vote_shares(run.train_df), run.val_target)

@@ -100,8 +100,10 @@ run_only(
 
 # --- logging --------------------------------------------------------------------------------------
 run_only(
+    tracker="mlflow",  # "mlflow" / "wandb" / "neptune" / "none", or several: "mlflow,wandb" (engine/tracking.py)
     neptune_project=None,  # or env NEPTUNE_PROJECT
-    neptune_mode=None,  # None -> env NEPTUNE_MODE, else "async" with a token, "offline" without
+    neptune_mode=None,  # None -> env NEPTUNE_MODE, else "async" with a token, "offline" without; set to a mode
+    #                     (not off), it adds Neptune to the trackers, as older command lines expect
 )
 
 basic_cfg = cfg

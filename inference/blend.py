@@ -22,6 +22,7 @@ from configs.ensemble import CONFIGS as ALL_CONFIGS
 from data.signal import LABEL_COLS, LOGIT_COLS
 from utils import checkpoint as ckpt
 from data.synthetic import oracle_kl
+from engine import tracking
 from utils.io import DataError, atomic_write_text, read_csv_checked
 from utils.metric import kl_divergence, kl_from_logits, prior_kl, softmax, votes_to_target
 
@@ -266,9 +267,10 @@ def plot_kl(report: dict, path: Path) -> Path:
 
 
 def blend_runs(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_seed_only=False, epochs=801, out=None,
-               plot=True, log=print) -> dict:
+               plot=True, log=print, tracker=None) -> dict:
     """The blend step of the pipeline: stack the OOF logits, fit, report each config's and the blend's OOF KL,
-    save the weights (and a bar chart of the KLs beside them). Returns the report."""
+    save the weights (and a bar chart of the KLs beside them), and log them as a run named "blend" beside
+    the training runs (tracker: "mlflow", "none"...; None: the trackers the blended runs used). Returns the report."""
     t0 = time.perf_counter()
     stack = load_oof_stack(output_dir, data_dir, configs, tuple(folds), first_seed_only)
     for note in stack.notes:
@@ -294,7 +296,23 @@ def blend_runs(output_dir, data_dir, configs=None, folds=BLEND_FOLDS, first_seed
     out = Path(out) if out else Path(output_dir) / BLEND_FILE
     save_blend(out, stack.configs, fit["w"], fit["c"], report)
     log(f"saved {out}")
-    if plot:
-        log(f"saved {plot_kl(report, out.with_name(out.stem + '_kl.png'))}")
+    png = plot_kl(report, out.with_name(out.stem + "_kl.png")) if plot else None
+    if png:
+        log(f"saved {png}")
+    track_blend(tracker, output_dir, stack, fit, report, [out, png], epochs, log)
     log(f"blend fit {fit_s:.1f} s, total {time.perf_counter() - t0:.1f} s")
     return report
+
+
+def track_blend(tracker, output_dir, stack: OOFStack, fit: dict, report: dict, files, epochs: int, log=print) -> None:
+    """The blend as its own tracked run: weights, bias, per-config and blended OOF KL, the saved files."""
+    params = {"configs": ",".join(stack.configs), "folds": ",".join(map(str, report["folds"])), "epochs": epochs,
+              "first_seed_only": report["first_seed_only"], "n_rows": report["n_rows"],
+              **{f"n_runs/{cfg}": n for cfg, n in stack.n_runs.items()}}
+    values = {**{f"weight/{cfg}": w for cfg, w in zip(stack.configs, fit["w"])},
+              **{f"bias/{col}": c for col, c in zip(LABEL_COLS, fit["c"])},
+              **{f"oof_kl/{cfg}": kl for cfg, kl in report["oof_kl"].items()},
+              **{k: report[k] for k in ("blend_oof_kl", "blend_insample_kl", "mean_logit_kl", "prior_kl", "oracle_kl")}}
+    with tracking.open_run(tracker, output_dir, "blend", "blend", params, configs=stack.configs, log=log) as run:
+        run.metrics(values, step=0)
+        run.files(files)
