@@ -162,3 +162,14 @@ def make_run(output_dir: Path, name: str, fold: int, seed: int) -> Path:
     torch.save({"model": model.state_dict(), "epoch": 1}, run / "checkpoint.pth")
     (run / "config.json").write_text(json.dumps(cfg_to_dict(cfg)))
     return run
+
+
+@pytest.fixture
+def small_ensemble(tmp_path):
+    """One small 1D run (random weights) and its blend file: cheap enough to score many windows."""
+    from inference import blend
+
+    out = tmp_path / "out1d"
+    make_run(out, "cfg_2a", 0, 1)
+    blend.save_blend(out / blend.BLEND_FILE, ["cfg_2a"], [1.0], [0.0] * 6, {})
+    return out

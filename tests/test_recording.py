@@ -40,14 +40,6 @@ def ensemble(tmp_path):
     return out
 
 
-@pytest.fixture
-def small_ensemble(tmp_path):
-    """One small 1D run: cheap enough for many windows."""
-    out = tmp_path / "out1d"
-    make_run(out, "cfg_2a", 0, 1)
-    blend.save_blend(out / blend.BLEND_FILE, ["cfg_2a"], [1.0], [0.0] * 6, {})
-    return out
-
 
 def score(files, output_dir, tmp_path, *extra) -> dict:
     """predict.py --recording as a user runs it; {file name: window table read back from its csv}."""

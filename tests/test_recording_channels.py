@@ -10,8 +10,7 @@ from data import channels, recording
 from data.signal import EEG_COLUMNS, FS, MONTAGE_ELECTRODES
 from utils.io import DataError, run_cli
 
-from conftest import CLINICAL, make_run, synthetic, write_edf
-from inference import blend
+from conftest import CLINICAL, synthetic, write_edf
 from scripts import predict
 from test_recording import score
 
@@ -24,14 +23,6 @@ BCI2000 = ["Fc5.", "Fc3.", "Fc1.", "Fcz.", "Fc2.", "Fc4.", "Fc6.", "C5..", "C3..
            "Ft8.", "T7..", "T8..", "T9..", "T10.", "Tp7.", "Tp8.", "P7..", "P5..", "P3..", "P1..", "Pz..", "P2..",
            "P4..", "P6..", "P8..", "Po7.", "Po3.", "Poz.", "Po4.", "Po8.", "O1..", "Oz..", "O2..", "Iz.."]
 
-
-@pytest.fixture
-def small_ensemble(tmp_path):
-    """One small 1D run (random weights), as tests/test_recording.py builds it."""
-    out = tmp_path / "out1d"
-    make_run(out, "cfg_2a", 0, 1)
-    blend.save_blend(out / blend.BLEND_FILE, ["cfg_2a"], [1.0], [0.0] * 6, {})
-    return out
 
 
 def opened_error(path, **kw) -> str:

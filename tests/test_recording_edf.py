@@ -11,20 +11,13 @@ from scipy.signal import resample_poly
 
 from data import recording
 from data.signal import EEG_COLUMNS, FS, LABEL_COLS, WINDOW
-from inference import blend, timeline
+from inference import timeline
 
-from conftest import CLINICAL, make_run, synthetic
+from conftest import CLINICAL, synthetic
 from test_recording import score, write_parquet
 
 SPIKE_S = 100.0  # a one-sample 400 uV spike on Fp1 at this true time (after the gap)
 
-
-@pytest.fixture
-def small_ensemble(tmp_path):
-    out = tmp_path / "out1d"
-    make_run(out, "cfg_2a", 0, 1)
-    blend.save_blend(out / blend.BLEND_FILE, ["cfg_2a"], [1.0], [0.0] * 6, {})
-    return out
 
 
 def _field(value, width: int) -> bytes:

@@ -11,23 +11,16 @@ import pytest
 
 from data import recording
 from data.signal import CLASSES, EEG_COLUMNS, FS, LABEL_COLS
-from inference import blend, timeline
+from inference import timeline
 from utils.io import run_cli
 
-from conftest import CLINICAL, make_run, synthetic, write_edf
+from conftest import CLINICAL, synthetic, write_edf
 from test_recording import score
 
 START = datetime.datetime(2020, 1, 2, 3, 4, 5, tzinfo=datetime.timezone.utc)
 MARKS = pd.DataFrame({"onset": [5.0, 12.5, 31.25, 47.0], "duration": [0.0, 2.0, 1.0, 4.5],
                       "description": ["spike wave", "HV start", "photic 10 Hz", "eyes closed"]})
 
-
-@pytest.fixture
-def small_ensemble(tmp_path):
-    out = tmp_path / "out1d"
-    make_run(out, "cfg_2a", 0, 1)
-    blend.save_blend(out / blend.BLEND_FILE, ["cfg_2a"], [1.0], [0.0] * 6, {})
-    return out
 
 
 # --- events from windows ----------------------------------------------------------------------------------
