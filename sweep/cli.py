@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import shlex
 import signal
 import sys
 from dataclasses import dataclass, field
 
-from sweep.runs import (CONFIGS, ROOT, SweepRun, make_runs, parse_shard, python_cmd, run_local, train_argv,
+from sweep.runs import (CONFIGS, ROOT, SweepRun, make_runs, python_cmd, run_local, train_argv,
                         unfinished)
 from utils.cli import ArgumentParser
 from utils.config import ConfigError, load_config
@@ -72,6 +73,16 @@ class Options:
 
     def runs(self) -> list[SweepRun]:
         return make_runs(self.configs, self.folds, self.seeds)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not m:
+        raise ConfigError(f"--shard expects i/n (e.g. 0/4), got '{text}'")
+    i, n = int(m.group(1)), int(m.group(2))
+    if not (n >= 1 and i < n):
+        raise ConfigError(f"--shard i/n needs 0 <= i < n, got '{text}'")
+    return i, n
 
 
 def _int(name: str, text: str, low: int) -> int:

@@ -15,7 +15,6 @@ the run's log after a header line; a log is never truncated.
 from __future__ import annotations
 
 import os
-import re
 import socket
 import subprocess
 import sys
@@ -110,16 +109,6 @@ def make_runs(configs=None, folds=None, seeds=None) -> list[SweepRun]:
         if fold not in FOLD_SEEDS:
             raise ConfigError(f"bad fold {fold}: the folds are 0, 1, 2, 3 and -1 (all rows)")
     return [SweepRun(c, f, s) for c in configs for f in folds for s in (seeds or FOLD_SEEDS[f])]
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"(\d+)/(\d+)", text)
-    if not m:
-        raise ConfigError(f"--shard expects i/n (e.g. 0/4), got '{text}'")
-    i, n = int(m.group(1)), int(m.group(2))
-    if not (n >= 1 and i < n):
-        raise ConfigError(f"--shard i/n needs 0 <= i < n, got '{text}'")
-    return i, n
 
 
 def python_cmd() -> str:
