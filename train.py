@@ -3,7 +3,7 @@
     python train.py -C cfg_5a --fold 0 [--seed 7] [--any_config_field value ...] [--resume] [--force]
     torchrun --nproc_per_node 4 train.py -C cfg_5a --fold 0      # one run on 4 GPUs (DDP)
     --resume: continue an interrupted run; --force: retrain a finished one;
-    --stop_after_epochs N: stop (resumably) after epoch N, e.g. to split a long run
+    --stop_after_epochs N / --stop_after_steps N: stop (resumably) after epoch N / after N batches in all
 
 Loop as in the reference (Henkel-style): Adam, cosine decay to 0 without warm-up over
 epochs * (train rows // batch_size) scheduler steps; the scheduler steps after *every* batch while
@@ -19,7 +19,10 @@ and fsynced: utils/checkpoint.py's rule makes a folder with a complete checkpoin
 and only finished runs are blended or predicted with. `--force` trains into a hidden .seed<seed>.force/
 beside the old run and replaces it only when the new run finishes. One process trains a run: rank 0
 claims it first (utils/claim.py), and a second train.py on it stops in one line (exit 2). A run that
-fails before its first epoch ends leaves no folder behind. Seeds: see utils/seed.py (augmentations depend only on seed,
+fails before it saved a resume state leaves no folder behind. Stopping (utils/stop.py): on SIGTERM,
+SIGUSR1 (SLURM's warning before the time limit) or Ctrl-C the current step is finished and a resume state
+that holds the position inside the epoch is saved (exit 128 + signal); --resume continues from that batch
+as if never stopped (under DDP the ranks agree on stopping at the next loss read, every log_every steps). Seeds: see utils/seed.py (augmentations depend only on seed,
 epoch and row). DDP: per-process batch = batch_size; validation in fixed batches of batch_size_val,
 whole batches per rank, gathered in row order (engine/loaders.val_rows); only rank 0 writes.
 """
@@ -59,6 +62,7 @@ from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config 
 from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
                       require_dir, run_cli)
 from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state  # noqa: E402
+from utils.stop import Stop, signal_name  # noqa: E402
 
 USAGE = __doc__.split("\n\n")[1]
 
@@ -72,15 +76,17 @@ def parse_args(argv: list[str]):
     p.add_argument("--resume", action="store_true")
     p.add_argument("--force", action="store_true")
     p.add_argument("--stop-after-epochs", default=None)
+    p.add_argument("--stop-after-steps", default=None)
     opts, rest = p.parse_known_args(argv)
     rest = [a for a in rest if a != "--"]  # `train.py -C cfg -- --lr 1e-3` reads as without the --
     if not opts.config:
         raise ConfigError("no config given: use -C cfg_name (e.g. -C cfg_5a)")
-    if opts.stop_after_epochs is not None:
-        try:
-            opts.stop_after_epochs = int(opts.stop_after_epochs)
-        except ValueError:
-            raise ConfigError(f"bad value for --stop_after_epochs: '{opts.stop_after_epochs}'") from None
+    for key in ("stop_after_epochs", "stop_after_steps"):
+        value = getattr(opts, key)
+        if value is not None:
+            if not value.isdigit() or int(value) < 1:
+                raise ConfigError(f"bad value for --{key}: '{value}' (an integer >= 1)")
+            setattr(opts, key, int(value))
     cfg = apply_overrides(load_config(opts.config), rest)
     check_cfg(cfg)
     return cfg, vars(opts)
@@ -248,7 +254,6 @@ def claim_run(final: Path, info, log) -> None:
     Released when train() ends."""
     held = None
     if info.is_main:
-        claims.release_on_sigterm()  # SIGTERM ends train.py as Ctrl-C does, so its claim is released
         held = ckpt.claim_to_train(final, say=log)
     held = dist_utils.broadcast_object(held, info)
     if held:
@@ -311,8 +316,9 @@ class Training(SimpleNamespace):
     """Everything one training run holds: config, process info, folders, rows, model, optimiser, loaders."""
 
 
-def build(cfg, opts, info, log) -> Training:
-    """Rows, seed, run folder, model, optimiser, schedule and precision of a new or resumed run."""
+def build(cfg, opts, info, log, stop: Stop | None = None) -> Training:
+    """Rows, seed, run folder, model, optimiser, schedule and precision of a new or resumed run; `stop`: the
+    process's stop request (utils/stop.py; none installed: only --stop_after_steps stops inside an epoch)."""
     train_df, val_df = read_rows(cfg)
     if info.device.type == "cpu" and (note := cpu_warning(cfg, len(train_df))):
         log(note)  # a GPU-sized config on a CPU: how much memory and time, and how to make it small
@@ -324,7 +330,9 @@ def build(cfg, opts, info, log) -> Training:
     choose_seed(cfg, opts, info)
     work, final = prepare_run_dir(cfg, opts, info, log)
     run = Training(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
-                   train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None, val_loader=None)
+                   train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None,
+                   val_loader=None, skip=0, carried_loss=0.0, stop=stop or Stop(log),
+                   stop_after_steps=opts.get("stop_after_steps"))
     seed_everything(rank_seed(cfg.seed, info.rank))
     run.amp = resolve_amp_dtype(cfg, info.device)
     setup_backend(info.device, run.amp)
@@ -360,27 +368,47 @@ def restore(run: Training) -> None:
         log("warning: this resume state holds rank 0's pending gradients only (written by an older version): "
             "every rank continues from them, so the run will not equal an uninterrupted one")
     run.start_epoch, run.step, run.history = state["epoch"] + 1, state["step"], state["history"]
+    restore_position(run, state)
     rng = state["rng"]
     if len(rng) != info.world_size:
         log(f"warning: resuming a run of {len(rng)} process(es) with {info.world_size}: its pending gradients are "
             f"averaged and its random streams reassigned, so the continuation will not match an uninterrupted run")
     set_rng_state(rng[info.rank % len(rng)], warn=lambda note: log(f"warning: {note}"))
-    log(f"resuming {out} after epoch {run.start_epoch}/{run.cfg.epochs}")
+    where = f"in epoch {run.start_epoch + 1} after batch {run.skip}/{run.n_steps}" if run.skip else \
+        f"after epoch {run.start_epoch}/{run.cfg.epochs}"
+    log(f"resuming {out} {where}")
 
 
-def train_epoch(run: Training, net, epoch: int) -> dict:
-    """One pass over the training rows; the scheduler steps every batch, the optimiser every
-    grad_accumulation batches (a global counter, so accumulation carries over epoch ends). The loss is
-    summed on the device and read (a host sync) only every `log_every` steps and at the epoch's end;
-    DDP all-reduces gradients only on the micro-step that steps the optimiser."""
+def restore_position(run: Training, state: dict) -> None:
+    """Where inside its epoch a stopped run was (batches this process trained, their summed loss). The
+    batches are this process's share of the epoch's order, so the same number of processes must go on."""
+    run.skip = state.get("batch", 0)
+    if not run.skip:
+        return
+    losses = state["epoch_loss"]
+    if len(losses) != run.info.world_size:
+        raise ConfigError(f"{run.work / ckpt.RESUME_FILE}: stopped inside epoch {run.start_epoch + 1} with "
+                          f"{len(losses)} process(es); resume it with {len(losses)} (its batches were split that way)")
+    run.carried_loss = losses[run.info.rank]
+
+
+def train_epoch(run: Training, net, epoch: int) -> dict | None:
+    """One pass over the training rows (from batch `run.skip` on, when resumed inside the epoch); the
+    scheduler steps every batch, the optimiser every grad_accumulation batches (a global counter, so
+    accumulation carries over epoch ends). The loss is summed on the device and read (a host sync) only
+    every `log_every` steps and at the epoch's end; DDP all-reduces gradients only on the micro-step that
+    steps the optimiser. None when a stop request ends the epoch early (`run.skip` batches done)."""
     cfg, info = run.cfg, run.info
     if run.loader is None or cfg.reload_train_loader:
         run.loader = make_train_loader(cfg, run.train_df, info, epoch)
-    run.loader.sampler.set_epoch(epoch)
+    skip, run.skip = run.skip, 0
+    run.loader.sampler.set_epoch(epoch, skip * cfg.batch_size)
     net.train()
-    total = torch.zeros((), device=info.device)
-    window, n, shown = torch.zeros((), device=info.device), 0, 0
-    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0)
+    total = torch.tensor(run.carried_loss, dtype=torch.float32, device=info.device)
+    run.carried_loss = 0.0
+    window, n, shown = torch.zeros((), device=info.device), skip, skip
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not info.is_main, mininterval=1.0,
+               initial=skip, total=run.n_steps)
     for batch in bar:
         run.step += 1
         stepping = run.step % cfg.grad_accumulation == 0
@@ -399,16 +427,30 @@ def train_epoch(run: Training, net, epoch: int) -> dict:
         with warnings.catch_warnings():  # stepping before the first optimizer step is intended
             warnings.simplefilter("ignore", UserWarning)
             run.scheduler.step()
-        if n - shown >= cfg.log_every or n == len(run.loader):
+        read = n - shown >= cfg.log_every or n == run.n_steps
+        if read:
             mean = float(window) / (n - shown)  # the only host sync in the loop
             lr = run.optimizer.param_groups[0]["lr"]
             run.tracker.log_step(run.step, mean, lr)
             bar.set_postfix(loss=f"{mean:.4f}", lr=f"{lr:.2e}", refresh=False)
             window.zero_()
             shown = n
+        if n < run.n_steps and stop_here(run, read):
+            run.skip, run.carried_loss = n, float(total)
+            return None
     parts = dist_utils.gather_objects((float(total), n), info)
     return {"epoch": epoch, "step": run.step, "train_loss": sum(p[0] for p in parts) / max(sum(p[1] for p in parts), 1),
             "lr": run.optimizer.param_groups[0]["lr"]}
+
+
+def stop_here(run: Training, read: bool) -> bool:
+    """Stop after this step? --stop_after_steps, or a stop signal: at once in one process; under DDP every
+    rank must stop at the same step, so they agree at loss reads (a sync that happens anyway)."""
+    if run.stop_after_steps is not None and run.step >= run.stop_after_steps:
+        return True
+    if not run.info.distributed:
+        return run.stop.requested
+    return read and dist_utils.any_rank(run.stop.requested, run.info)
 
 
 def validate(run: Training, row: dict, last: bool) -> None:
@@ -437,15 +479,18 @@ def saved_pending_grads(state: dict) -> list:
 
 
 def save_resume_state(run: Training, epoch: int) -> None:
-    """Everything an uninterrupted run would carry into the next epoch, from every process: the pending
-    gradients (unscaled) and the random states of each rank, the rest from rank 0 (identical on all)."""
+    """Everything an uninterrupted run would carry on with after epoch `epoch` (and `run.skip` batches of
+    the next), from every process: the pending gradients (unscaled), the random states and the epoch's
+    partial loss sum of each rank, the rest from rank 0 (identical on all)."""
     rngs = dist_utils.gather_objects(get_rng_state(), run.info)
+    losses = dist_utils.gather_objects(run.carried_loss, run.info)
     grads = dist_utils.gather_to_main(opt_step.pending_grads(run.model.parameters(), run.scaler), run.info)
     if run.info.is_main:
         ckpt.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "grads_per_rank": grads,
-                   "epoch": epoch, "step": run.step, "history": run.tracker.history, "rng": rngs,
-                   "seed": run.cfg.seed, "device": run.info.device.type, "amp": run.amp}, run.work / ckpt.RESUME_FILE)
+                   "epoch": epoch, "batch": run.skip, "epoch_loss": losses, "step": run.step,
+                   "history": run.tracker.history, "rng": rngs, "seed": run.cfg.seed, "device": run.info.device.type,
+                   "amp": run.amp}, run.work / ckpt.RESUME_FILE)
 
 
 def finish(run: Training) -> None:
@@ -479,37 +524,56 @@ def train_epochs(run: Training, opts) -> None:
     run.val_target = vote_shares(run.val_df)
     run.prior_kl = metric.prior_kl(vote_shares(run.train_df), run.val_target)
     run.oracle = oracle_kl(run.val_df, cfg, log)
-    log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(run.train_df)} train / {len(run.val_df)} val rows, "
-        f"{cfg.epochs} epochs x {run.n_steps} steps, device {info.device} x {info.world_size}, "
-        f"amp {run.amp}{', compiled' if cfg.compile else ''} -> {run.work}")
     stop_after = opts["stop_after_epochs"]
     try:
-        for epoch in range(run.start_epoch, cfg.epochs):
-            last = epoch + 1 == cfg.epochs
-            row = train_epoch(run, net, epoch)
-            if (epoch + 1) % cfg.eval_epochs == 0 or last:
-                validate(run, row, last)
-            run.tracker.log_epoch(row)
-            if last:
-                break
-            save_resume_state(run, epoch)
-            dist_utils.barrier(info)
-            if stop_after is not None and epoch + 1 >= stop_after:
-                log(f"stopped after epoch {epoch + 1} (--stop_after_epochs); continue with --resume --seed {cfg.seed}"
-                    + (" --force" if run.work != run.final else ""))
-                return
-        if info.is_main:
-            finish(run)
-        dist_utils.barrier(info)  # no rank tears the process group down while rank 0 still writes
+        with run.stop.armed():
+            log(f"{cfg.name} fold {cfg.fold} seed {cfg.seed}: {len(run.train_df)} train / {len(run.val_df)} val rows, "
+                f"{cfg.epochs} epochs x {run.n_steps} steps, device {info.device} x {info.world_size}, "
+                f"amp {run.amp}{', compiled' if cfg.compile else ''} -> {run.work}", flush=True)
+            for epoch in range(run.start_epoch, cfg.epochs):
+                last = epoch + 1 == cfg.epochs
+                row = train_epoch(run, net, epoch)
+                if row is None:  # stopped inside the epoch
+                    save_resume_state(run, epoch - 1)
+                    dist_utils.barrier(info)
+                    return stopped(run, f"in epoch {epoch + 1} after batch {run.skip}/{run.n_steps}"
+                                   + ("" if run.stop.requested else " (--stop_after_steps)"))
+                if (epoch + 1) % cfg.eval_epochs == 0 or last:
+                    validate(run, row, last)
+                run.tracker.log_epoch(row)
+                if last:
+                    break
+                save_resume_state(run, epoch)
+                dist_utils.barrier(info)
+                if stop_after is not None and epoch + 1 >= stop_after:
+                    return stopped(run, f"after epoch {epoch + 1} (--stop_after_epochs)")
+                if run.stop_after_steps is not None and run.step >= run.stop_after_steps:
+                    return stopped(run, f"after epoch {epoch + 1} (--stop_after_steps)")
+                if dist_utils.any_rank(run.stop.requested, info):
+                    return stopped(run, f"after epoch {epoch + 1}")
+            if info.is_main:
+                finish(run)
+            dist_utils.barrier(info)  # no rank tears the process group down while rank 0 still writes
     finally:
         run.tracker.close()
 
 
+def stopped(run: Training, where: str) -> None:
+    """A stop with its resume state saved: one line; a signal's exit status is 128 + its number."""
+    cfg = run.cfg
+    why = f"by {signal_name(run.stop.signum)} " if run.stop.requested else ""
+    run.log(f"stopped {why}{where}; resume state {run.work / ckpt.RESUME_FILE}; continue with --resume "
+            f"--seed {cfg.seed}" + (" --force" if run.work != run.final else ""))
+    if run.stop.requested:
+        raise SystemExit(run.stop.exit_status)
+
+
 def train(cfg, opts, info) -> Path:
-    """Build (or restore) and train one run; a run that fails before its first epoch ends leaves no folder."""
+    """Build (or restore) and train one run; a run that fails before it saved a resume state leaves no folder."""
     log = print if info.is_main else (lambda *a, **k: None)
-    with claims.scope():  # the run's claim (taken in prepare_run_dir) is released however train() ends
-        run = build(cfg, opts, info, log)  # writes nothing: the folder's first file comes in train_run
+    # the run's claim (taken in prepare_run_dir) is released however train() ends; stop signals: utils/stop.py
+    with claims.scope(), Stop(lambda msg: log(msg, flush=True)).installed() as stop:
+        run = build(cfg, opts, info, log, stop)  # writes nothing: the folder's first file comes in train_epochs
         try:
             if opts["resume"]:
                 restore(run)

@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Subset
 from data.sampler import EpochSampler
 from engine.build import build_dataset
 from utils.seed import worker_init_fn
+from utils.stop import ignore_stop_signals
 
 
 def make_train_loader(cfg, df, info, epoch) -> DataLoader:
@@ -19,8 +20,14 @@ def make_train_loader(cfg, df, info, epoch) -> DataLoader:
     ds = build_dataset(df, cfg, mode="train")
     sampler = EpochSampler(len(ds), cfg.seed, shuffle=True, rank=info.rank, world=info.world_size)
     sampler.set_epoch(epoch)
-    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, worker_init_fn=worker_init_fn,
+    return DataLoader(ds, batch_size=cfg.batch_size, sampler=sampler, drop_last=True, worker_init_fn=init_worker,
                       generator=torch.Generator(), pin_memory=info.device.type == "cuda", **worker_args(cfg, info))
+
+
+def init_worker(worker_id: int) -> None:
+    """A loader worker: stop signals are the main process's to handle (utils/stop.py), then the seeds."""
+    ignore_stop_signals()
+    worker_init_fn(worker_id)
 
 
 MAX_WORKERS = 8  # the reference's loader workers per process
@@ -67,4 +74,4 @@ def make_val_loader(ds, cfg, info) -> DataLoader:
     idx = val_rows(len(ds), batch_size, info)
     return DataLoader(Subset(ds, idx.tolist()), batch_size=batch_size, shuffle=False,
                       pin_memory=info.device.type == "cuda", generator=torch.Generator(),  # not the global RNG
-                      **worker_args(cfg, info, persistent=False))
+                      worker_init_fn=init_worker, **worker_args(cfg, info, persistent=False))

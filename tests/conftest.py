@@ -96,6 +96,12 @@ def write_edf(path, x, labels, sfreq, unit: str = "uV") -> None:
 @pytest.fixture
 def tiny_data(tmp_path) -> Path:
     """A data folder with 4 train recordings (60-130 s), a train csv of 8 rows and 2 test recordings."""
+    return write_tiny_data(tmp_path)
+
+
+def write_tiny_data(tmp_path: Path) -> Path:
+    """tiny_data's folder, written into `tmp_path` (for fixtures of a wider scope)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     rows = []
     for i in range(4):
@@ -119,6 +125,16 @@ def tiny_data(tmp_path) -> Path:
     pd.DataFrame(dict(spectrogram_id=[1, 2], eeg_id=[2000, 2001], patient_id=[5, 6])).to_csv(
         tmp_path / "test.csv", index=False)
     return tmp_path
+
+
+def grow(data: Path, train_copies: int, val_copies: int) -> Path:
+    """More rows over tiny_data's recordings (ddp_train.csv, ddp_val.csv): copies of the rows with new label_ids (same patients and folds)."""
+    for src, dst, copies in (("train_folded_6k6c_1up.csv", "ddp_train.csv", train_copies),
+                             ("train_folded_6k6.csv", "ddp_val.csv", val_copies)):
+        df = pd.read_csv(data / src)
+        pd.concat([df.assign(label_id=df["label_id"] * 100 + k) for k in range(copies)],
+                  ignore_index=True).to_csv(data / dst, index=False)
+    return data
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@
 import contextlib
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from torch.utils.data import default_collate
 
 import train
 from configs.ensemble import CONFIGS
+from conftest import grow
 from data.signal import LOGIT_COLS
 from engine.build import batch_hook, build_dataset, build_model
 from utils import checkpoint as ckpt
@@ -34,16 +36,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--frontend_filters", "8", "--sq_dim", "16", "--sq_heads", "2", "--sq_layers", "1", "--num_workers", "0",
          "--neptune_mode", "off", "--batch_size", "2"]
 NO_DROPOUT = ["--sq_dropout", "0.0", "--channel_dropout_p", "0.0"]
-
-
-def grow(data: Path, train_copies: int, val_copies: int) -> Path:
-    """More rows over tiny_data's recordings: copies of the rows with new label_ids (same patients and folds)."""
-    for src, dst, copies in (("train_folded_6k6c_1up.csv", "ddp_train.csv", train_copies),
-                             ("train_folded_6k6.csv", "ddp_val.csv", val_copies)):
-        df = pd.read_csv(data / src)
-        pd.concat([df.assign(label_id=df["label_id"] * 100 + k) for k in range(copies)],
-                  ignore_index=True).to_csv(data / dst, index=False)
-    return data
 
 
 def torchrun(*args, cwd, timeout=300) -> subprocess.CompletedProcess:
@@ -161,6 +153,40 @@ def test_ddp_run_stopped_mid_accumulation_and_resumed_equals_the_uninterrupted_r
     wa, wb = (ckpt.load(d / ckpt.CHECKPOINT_FILE)["model"] for d in (a, b))
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=1e-6, rtol=0)
+
+
+def test_sigterm_to_torchrun_stops_both_ranks_at_one_step_and_resume_equals_the_uninterrupted_run(tiny_data, tmp_path):
+    """As SLURM or the sweep stop a DDP run: SIGTERM to torchrun, which hands it to the ranks; they agree on the
+    step at a loss read (every 2 steps here), save the position inside the epoch, and a resume goes on from it."""
+    data = grow(tiny_data, train_copies=10, val_copies=2)  # 60 rows: 15 batches of 2 per rank
+    base = [str(a) for a in ["-C", "cfg_2a", "--fold", "0", "--seed", "5", "--epochs", "2", "--grad_accumulation", "2",
+                             "--log_every", "2", "--data_dir", data, "--train_df", "ddp_train.csv", "--val_df",
+                             "ddp_val.csv", *SMALL]]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    torchrun(ROOT / "train.py", *base, "--output_dir", whole, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             str(ROOT / "train.py"), *base, "--output_dir", str(parts)], cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"})
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "train /" in line and " -> " in line:  # the header: the ranks are in the training loop
+            break
+    proc.send_signal(signal.SIGTERM)
+    seen.append(proc.stdout.read())
+    proc.wait(timeout=120)
+    text = "".join(seen)
+    state = ckpt.load(ckpt.run_dir(parts, "cfg_2a", 0, 5) / ckpt.RESUME_FILE)
+    assert state["epoch"] == -1 and 0 < state["batch"] < 15 and state["batch"] % 2 == 0, text
+    assert len(state["epoch_loss"]) == 2 and len(state["grads_per_rank"]) == 2
+    assert f"stopped by SIGTERM in epoch 1 after batch {state['batch']}/15" in text
+    torchrun(ROOT / "train.py", *base, "--output_dir", parts, "--resume", cwd=tmp_path)
+    a, b = (ckpt.run_dir(d, "cfg_2a", 0, 5) for d in (whole, parts))
+    pd.testing.assert_frame_equal(pd.read_csv(a / "val_logits.csv"), pd.read_csv(b / "val_logits.csv"),
+                                  check_exact=False, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(pd.read_csv(a / "metrics.csv")["train_loss"], pd.read_csv(b / "metrics.csv")["train_loss"],
+                               rtol=1e-6)
 
 
 def small_config(name: str):

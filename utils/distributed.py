@@ -93,3 +93,12 @@ def sync_buffers(model: torch.nn.Module, info: DistInfo) -> None:
     if info.distributed:
         for buf in model.buffers():
             dist.broadcast(buf.data, src=0)
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when `flag` is true on any (one small all-reduce): ranks agree before they act."""
+    if not info.distributed:
+        return bool(flag)
+    box = torch.tensor([int(bool(flag))], device=info.device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())

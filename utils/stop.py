@@ -1,0 +1,82 @@
+"""Stopping a run on a signal without losing its work: SLURM's warning before the time limit (SIGUSR1, see
+sweep/slurm.py), SIGTERM (scancel, preemption, `kill`, a runner stopping its children) and Ctrl-C (SIGINT).
+
+While training (`Stop.armed`), a stop signal only asks: the loop finishes the step it is in, saves a resume
+state that holds its position inside the epoch, and exits with status 128 + the signal's number. Outside it
+(building, loading) the signal ends the process at once as an exception (SIGINT: KeyboardInterrupt), so
+`finally` blocks run and claims are released; nothing is lost there. Later signals are only noted: stopping
+takes a step and one write. DataLoader workers ignore the three signals (`ignore_stop_signals`): a Ctrl-C
+reaches the whole process group, and a worker that died of it would break the step being finished; the main
+process shuts its workers down itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def signal_name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class Stop:
+    """The stop request of this process; `install()` it once, `armed()` around the training loop."""
+
+    def __init__(self, say=print):
+        self.signum: int | None = None
+        self._armed = False
+        self.say = say
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + (self.signum or 0)
+
+    @contextlib.contextmanager
+    def installed(self):
+        """This process's handler for the stop signals inside the block (the previous ones after it). Only the
+        main thread can set handlers; elsewhere the block runs without."""
+        main = threading.current_thread() is threading.main_thread()
+        before = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS} if main else {}
+        try:
+            yield self
+        finally:
+            for sig, handler in before.items():
+                signal.signal(sig, handler)
+
+    @contextlib.contextmanager
+    def armed(self):
+        self._armed = True
+        try:
+            if self.requested:  # it came while building: stop at the first step boundary
+                self.say(f"{signal_name(self.signum)} received: stopping after the next step")
+            yield self
+        finally:
+            self._armed = False
+
+    def request(self, signum: int) -> None:
+        """What the handler does while armed (tests and --stop_after_steps call it too)."""
+        if self.signum is None:
+            self.signum = signum
+            self.say(f"{signal_name(signum)} received: finishing this step, then saving a resume state "
+                     f"(kill -9 stops at once and loses the epoch's progress)")
+
+    def _handle(self, signum, frame) -> None:
+        if self._armed:
+            self.request(signum)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:
+            raise SystemExit(128 + signum)
+
+
+def ignore_stop_signals() -> None:
+    """For DataLoader workers (see the module docstring)."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
