@@ -8,8 +8,9 @@ import importlib
 DEMO_SEED = 1001  # one seed per run: the fold's run folder is seed1001
 
 
-def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> list[str]:
-    """The CPU-sized changes to config `name` (derived from its own values, so each config keeps its shape).
+def demo_fields(name: str, epochs: int = 7, max_train_rows: int = 160) -> dict:
+    """The CPU-sized changes to config `name` as {field: value} (derived from its own values, so each config
+    keeps its shape); scripts/demo.py writes them to the runs' overrides file.
 
     Validation runs once, after the last epoch (that is what the blend reads); batch 8 gives the small
     data more optimiser steps for the same compute."""
@@ -28,4 +29,10 @@ def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> lis
         if hasattr(cfg, "spec_args_center"):
             c = cfg.spec_args_center
             over["spec_args_center"] = dict(c, n_fft=256, n_mels=16, hop_length=c["hop_length"] * 16)
+    return over
+
+
+def demo_overrides(name: str, epochs: int = 7, max_train_rows: int = 160) -> list[str]:
+    """demo_fields as train.py's arguments (`--field value`)."""
+    over = demo_fields(name, epochs, max_train_rows)
     return [tok for key, value in over.items() for tok in (f"--{key}", repr(value) if isinstance(value, dict) else str(value))]

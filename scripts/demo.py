@@ -5,11 +5,12 @@
 
 The data is generated once into <work_dir>/datamount (reused when present with the same settings);
 every demo run trains into a fresh <work_dir>/run_<time>/ so nothing is overwritten. Training uses
-DEMO overrides that fit a small CPU (see `demo_overrides`): the configs' own models, datasets,
-augmentations and schedules, but a tiny timm backbone ('test_efficientnet', random init) for the 2D
-configs, coarser mel images (16 mels, 8x larger hop; zoom 16x), a narrow mdl_2 (8 front-end filters, one
-Squeezeformer block of width 16), at most 160 train rows (mdl_2: 128), 7 epochs (mdl_2: 5), batch 8,
-lr 3e-3, validation after the last epoch only, two runs at a time with one thread each.
+DEMO overrides that fit a small CPU (configs/demo.py, written to <run_dir>/demo_overrides.json and read
+back as `./run_train.sh --overrides` reads it): the configs' own models, datasets, augmentations and
+schedules, but a tiny timm backbone ('test_efficientnet', random init) for the 2D configs, coarser mel
+images (16 mels, 8x larger hop; zoom 16x), a narrow mdl_2 (8 front-end filters, one Squeezeformer block
+of width 16), at most 160 train rows (mdl_2: 128), 7 epochs (mdl_2: 5), batch 8, lr 3e-3, validation
+after the last epoch only, two runs at a time with one thread each.
 """
 from __future__ import annotations
 
@@ -26,9 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
 
-from configs.demo import DEMO_SEED, demo_overrides  # noqa: E402
+from configs.demo import DEMO_SEED, demo_fields  # noqa: E402
 from configs.ensemble import BLEND_FILE, CONFIGS  # noqa: E402
-from sweep import runs as sweep  # noqa: E402
+from sweep import overrides, runs as sweep  # noqa: E402
 from inference import blend  # noqa: E402
 from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -36,6 +37,7 @@ from utils.config import ConfigError, load_config  # noqa: E402
 from utils.io import DataError, atomic_write_csv, run_cli  # noqa: E402
 from utils.metric import score  # noqa: E402
 
+OVERRIDES_FILE = "demo_overrides.json"  # in the run folder: the demo sizes as ./run_train.sh --overrides reads them
 DATA_FILES = ("train.csv", "test.csv", "train_folded.csv", "train_folded_6k6.csv", "train_folded_6k6c.csv",
               "train_folded_6k6c_1up.csv")
 
@@ -85,20 +87,27 @@ def make_data(data_dir: Path, args) -> None:
     stamp.write_text(json.dumps(want))
 
 
+def write_overrides(out_dir: Path, names, args) -> overrides.Overrides:
+    """The demo sizes (configs/demo.py) as the sweep's overrides file <run_dir>/demo_overrides.json, read
+    back and checked as `./run_train.sh --overrides` reads it (a starting point for a small-GPU sweep)."""
+    path = out_dir / OVERRIDES_FILE
+    overrides.write(path, {name: demo_fields(name, args.epochs, args.max_train_rows) for name in names})
+    return overrides.load(path, names)
+
+
 def train_all(data_dir: Path, out_dir: Path, args) -> list:
     """Every config x fold with the demo seed, `args.workers` train.py processes at a time (one CPU
     thread each) through the sweep's runner; returns the failures (the blend uses the other runs)."""
     from tqdm.auto import tqdm
 
     out_dir = out_dir.resolve()  # train.py runs from the repository root
-    extra = ["--data_dir", str(data_dir.resolve()), "--output_dir", str(out_dir)]
+    after = [*args.extra, "--data_dir", str(data_dir.resolve()), "--output_dir", str(out_dir)]
     # slowest first (mdl_2), so the workers finish together
     names = sorted(args.configs, key=lambda n: load_config(n).model != "mdl_2")
-    jobs = [sweep.Job(run, str(out_dir), [*extra, *demo_overrides(run.config, args.epochs, args.max_train_rows),
-                                          *args.extra])
+    sizes = write_overrides(out_dir, names, args)
+    jobs = [sweep.Job(run, str(out_dir), sizes.args(run.config, after))
             for run in sweep.make_runs(names, args.folds, [DEMO_SEED])]
-    print(f"  {len(jobs)} runs, {args.workers} at a time; logs in {out_dir / 'logs'}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"  {len(jobs)} runs, {args.workers} at a time; logs in {out_dir / 'logs'}; sizes in {sizes.file}")
     (out_dir / "demo_runs.json").write_text(json.dumps([j.command()[2:] for j in jobs], indent=1))
     failures, times = [], {}
     one_thread = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQDM_DISABLE": "1"}

@@ -1,9 +1,10 @@
 """The command line of ./run_train.sh (`python -m sweep`): select runs, then train them here or on SLURM.
 
 Usage (./run_train.sh is this command):
-  ./run_train.sh [selection] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [paths] [-- train.py args]
+  ./run_train.sh [selection] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [paths] [--overrides F] [-- train.py args]
   ./run_train.sh [selection] --slurm [--partition P] [--gpus-per-run 1] [--cpus-per-run C] [--max-parallel N]
-                 [--time HH:MM:SS] [--blend-partial] [--sbatch-arg ARG] [--dry-run] [paths] [-- train.py args]
+                 [--time HH:MM:SS] [--blend-partial] [--sbatch-arg ARG] [--dry-run] [paths] [--overrides F]
+                 [-- train.py args]
 
   selection        --configs cfg_2a,cfg_5a (default: all nine)  --folds 0,1,2,3,-1  --seeds 7,8 (replace the
                    reference seeds of every chosen fold); lists comma- or space-separated
@@ -13,6 +14,10 @@ Usage (./run_train.sh is this command):
                    datamount/ and output/)
   --gpus LIST      one run per listed GPU at a time (CUDA_VISIBLE_DEVICES); default: one run at a time
   --shard i/n      every n-th run starting at run i (i = 0..n-1), to split the runs over machines
+  --overrides F    per-config train.py arguments from the JSON file F (relative to where you run the command),
+                   e.g. {"*": {"num_workers": 4}, "cfg_2a": {"batch_size": 16}, "cfg_5a": ["--epochs", "5"]}:
+                   a run gets "*", then its config's, then the args after -- (the last one wins); checked whole
+                   before anything starts (configs, fields, values; no data_dir/output_dir/fold/seed/name)
   --dry-run        print the train.py commands (with --slurm: the sbatch scripts) and exit
   --slurm          submit a job array (one task per unfinished run) and a blend job after it
                    (CPUs per task: --cpus-per-run, default 8 per GPU for the loader workers, 1 without)
@@ -38,7 +43,8 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from sweep.runs import (CONFIGS, ROOT, SweepRun, make_runs, python_cmd, run_local, train_argv,
+from sweep.overrides import Overrides, load as load_overrides
+from sweep.runs import (CONFIGS, ROOT, SweepRun, check_configs, make_runs, python_cmd, run_local, train_argv,
                         unfinished)
 from utils.cli import ArgumentParser
 from utils.config import ConfigError, load_config
@@ -70,9 +76,14 @@ class Options:
     blend_partial: bool = False
     sbatch_args: list = field(default_factory=list)
     nproc: int = 1
+    overrides: Overrides = field(default_factory=Overrides)  # --overrides FILE, checked
 
     def runs(self) -> list[SweepRun]:
         return make_runs(self.configs, self.folds, self.seeds)
+
+    def run_args(self, config: str) -> list[str]:
+        """train.py's overrides for a run of `config`: the overrides file's, then those after `--` (which win)."""
+        return self.overrides.args(config, self.train_args)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -112,6 +123,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--dry-run", action="store_true")
     p.add_argument("--slurm", action="store_true")
     p.add_argument("--blend-partial", "--partial", action="store_true")
+    p.add_argument("--overrides")
     for name in PATHS:
         p.add_argument("--" + name.replace("_", "-"))
     return p
@@ -156,9 +168,9 @@ def caller_cwd() -> str:
     return os.environ.get(CALLER_CWD) or os.getcwd()
 
 
-def absolute(path: str, base) -> str:
+def absolute(path: str, base, what: str = "--data-dir or --output-dir") -> str:
     if not path:
-        raise ConfigError("an empty path was given for --data-dir or --output-dir")
+        raise ConfigError(f"an empty path was given for {what}")
     return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
 
 
@@ -190,6 +202,9 @@ def parse_args(argv, cwd=None) -> Options:
             setattr(opts, key, _int("--" + key.replace("_", "-"), getattr(ns, key), low))
     rest, after = take_paths(argv[cut + 1:])
     set_paths(opts, {**{k: getattr(ns, k) for k in PATHS if getattr(ns, k) is not None}, **after}, rest, cwd)
+    if ns.overrides is not None:  # read and checked now, before anything is trained or submitted
+        path = absolute(ns.overrides, cwd or caller_cwd(), "--overrides")
+        opts.overrides = load_overrides(path, check_configs(opts.configs or CONFIGS))
     return opts
 
 
@@ -207,7 +222,7 @@ def set_paths(opts: Options, given: dict, train_args: list[str], cwd=None) -> No
 
 def print_commands(runs, opts) -> None:
     for run in runs:
-        print(f"{python_cmd()} {shlex.join(train_argv(run, opts.output_dir, opts.train_args))}")
+        print(f"{python_cmd()} {shlex.join(train_argv(run, opts.output_dir, opts.run_args(run.config)))}")
 
 
 def sweep_main(argv, cwd=None) -> int:

@@ -289,7 +289,7 @@ def run_local(opts, todo: list[SweepRun], n_selected: int) -> int:
               f"{tail(ROOT / res.job.log)}\nstopping (no new runs start); finished runs are kept and skipped "
               f"when ./run_train.sh is started again", file=sys.stderr, flush=True)
 
-    jobs = [Job(r, opts.output_dir, opts.train_args) for r in todo]
+    jobs = [Job(r, opts.output_dir, opts.run_args(r.config)) for r in todo]
     results = run_jobs(jobs, slots, tee=not gpus, on_start=started, on_end=ended,
                        busy=lambda job: busy(job.run, opts.output_dir))
     if any(not r.ok for r in results):

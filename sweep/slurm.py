@@ -77,11 +77,21 @@ def python_line() -> str:
     return f"PYTHON=${{PYTHON:-{shutil.which(py) or py}}}"
 
 
+def override_arrays(todo: list, opts) -> list[str]:
+    """Each config's arguments from --overrides, written into the script: the tasks read them as they were at
+    submission (sbatch keeps its own copy of the script), whatever becomes of the file."""
+    if not opts.overrides.file:
+        return []
+    return [f"# --overrides {opts.overrides.file} as submitted: OVERRIDES_<config>, then TRAIN_ARGS (which win)",
+            *(line for config in dict.fromkeys(r.config for r in todo)
+              for line in bash_array(f"OVERRIDES_{config}", grouped_args(opts.overrides.args(config)), config))]
+
+
 def array_script(todo: list, opts) -> str:
     """One array task per run; the task re-checks the run's state before it trains."""
     throttle = f"%{opts.max_parallel}" if opts.max_parallel else ""
     nproc = ["--nproc", str(opts.gpus_per_run)] if opts.gpus_per_run > 1 else []
-    out = opts.output_dir
+    out, per_config = opts.output_dir, bool(opts.overrides.file)
     head = [
         "#!/bin/bash",
         f"# {len(todo)} training run(s) of the HMS reproduction as a SLURM job array (./run_train.sh --slurm).",
@@ -96,9 +106,12 @@ def array_script(todo: list, opts) -> str:
         *bash_array("RUNS", [f'"{r.config} {r.fold} {r.seed}"' for r in todo],
                     f"config fold seed; train.py output: {out}/logs/<config>_fold<fold>_seed<seed>.log"),
         *bash_array("TRAIN_ARGS", grouped_args(opts.train_args), "passed to every train.py"),
+        *override_arrays(todo, opts),
         "",
         'read -r CONFIG FOLD SEED <<< "${RUNS[$SLURM_ARRAY_TASK_ID]}"',
-        " ".join(['exec "$PYTHON" -m sweep task "$CONFIG" "$FOLD" "$SEED"', *nproc, '-- "${TRAIN_ARGS[@]}"']),
+        *(['OVERRIDES="OVERRIDES_${CONFIG}[@]"'] if per_config else []),
+        " ".join(['exec "$PYTHON" -m sweep task "$CONFIG" "$FOLD" "$SEED"', *nproc, "--",
+                  *(['"${!OVERRIDES}"'] if per_config else []), '"${TRAIN_ARGS[@]}"']),
     ]
     return "\n".join(head) + "\n"
 
@@ -218,7 +231,7 @@ def run_task(run, opts) -> int:
         return 0
     nproc = opts.nproc
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)] if nproc > 1 else []
-    job = runs.Job(run, opts.output_dir, opts.train_args, header=header, launcher=launcher)
+    job = runs.Job(run, opts.output_dir, opts.run_args(run.config), header=header, launcher=launcher)
     print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
           f"train.py output: {runs.ROOT / job.log}", flush=True)
     [res] = runs.run_jobs([job], busy=lambda j: runs.busy(j.run, opts.output_dir))

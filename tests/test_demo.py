@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from configs.demo import demo_overrides
 from data.signal import LABEL_COLS
 from inference import blend
 
@@ -25,12 +26,14 @@ def test_small_demo_end_to_end(tmp_path):
     runs = list(work.glob("run_*"))
     assert len(runs) == 1
     out = runs[0]
+    sizes = json.loads((out / demo.OVERRIDES_FILE).read_text())
     for name in ("cfg_2a", "cfg_1"):
         for fold in (0, 1):
             run = out / name / f"fold{fold}" / f"seed{demo.DEMO_SEED}"
             assert (run / "checkpoint.pth").is_file() and (run / "val_logits.csv").is_file()
             saved = json.loads((run / "config.json").read_text())
             assert saved["pretrained"] is False and saved["epochs"] == 1  # the demo overrides reached train.py
+            assert saved["max_train_rows"] == sizes[name]["max_train_rows"] == 16  # through its overrides file
     summary = json.loads((out / "demo_summary.json").read_text())
     golden = pd.read_csv(work / "datamount" / blend.GOLDEN_FILE)
     assert summary["n_rows"] == int(golden["fold"].isin([0, 1]).sum())
@@ -58,13 +61,27 @@ def test_demo_overrides_keep_each_config_shape():
 
     for name in blend.ALL_CONFIGS:
         base = load_config(name)
-        cfg = apply_overrides(load_config(name), demo.demo_overrides(name))
+        cfg = apply_overrides(load_config(name), demo_overrides(name))
         assert cfg.pretrained is False and cfg.model == base.model and cfg.dataset == base.dataset
         assert cfg.train_df == base.train_df
         if base.model != "mdl_2":
             assert cfg.backbone == "test_efficientnet" and cfg.spec_args["n_mels"] == 16
             assert cfg.spec_args["hop_length"] == 8 * base.spec_args["hop_length"]
             assert cfg.spec_args["f_max"] == base.spec_args["f_max"]
+
+
+def test_demo_sizes_go_through_the_sweeps_overrides_file(tmp_path):
+    """The demo writes its sizes as an overrides file and trains with what the sweep reads back from it: the
+    same train.py arguments as demo_overrides; `./run_train.sh --overrides` takes that file as it is."""
+    from sweep import cli
+
+    args = demo.parse_args(["--epochs", "3", "--max-train-rows", "40"])
+    sizes = demo.write_overrides(tmp_path, blend.ALL_CONFIGS, args)
+    assert sizes.file == str(tmp_path / "demo_overrides.json")
+    opts = cli.parse_args(["--overrides", sizes.file, "--", "--epochs", "1"])
+    for name in blend.ALL_CONFIGS:
+        assert sizes.args(name) == demo_overrides(name, 3, 40)
+        assert opts.run_args(name) == [*demo_overrides(name, 3, 40), "--epochs", "1"]
 
 
 def test_demo_rejects_unknown_config_before_any_work(tmp_path):

@@ -1,4 +1,5 @@
 """run_train.sh: the 144 runs of the reproduction, sharding, skipping/resuming, GPU slots, failure reporting."""
+import json
 import os
 import re
 import subprocess
@@ -7,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from utils import checkpoint as ckpt
+from utils.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "run_train.sh"
@@ -172,3 +174,54 @@ def test_slurm_without_sbatch_says_so(tmp_path):
                          text=True, timeout=120, env={**os.environ, "PATH": str(tmp_path), "PYTHON": sys.executable})
     assert res.returncode == 2 and "--slurm needs SLURM's sbatch, which is not on PATH" in res.stderr
     assert not (tmp_path / "slurm").exists()
+
+
+def test_overrides_file_reaches_each_runs_config_and_the_command_line_wins(tiny_data, tmp_path):
+    """Two real train.py runs through run_train.sh with a per-config overrides file (relative to the caller's
+    folder): each run's resolved config.json holds its own config's values; after `--` wins over the file."""
+    work = tmp_path / "work"
+    work.mkdir()
+    small = {"frontend_filters": 8, "sq_dim": 16, "sq_heads": 2, "sq_layers": 1, "num_workers": 0,
+             "neptune_mode": "off", "grad_accumulation": 1, "max_train_rows": 4, "epochs": 3, "eval_epochs": 1}
+    (work / "sizes.json").write_text(json.dumps({"*": small, "cfg_2a": {"batch_size": 2, "lr": 0.002},
+                                                 "cfg_2b": ["--batch_size", "4", "--epochs", "2"]}))
+    args = ["--configs", "cfg_2a,cfg_2b", "--folds", "0", "--seeds", "3", "--overrides", "sizes.json", "--output-dir",
+            "out", "--data-dir", str(tiny_data), "--", "--epochs", "1"]
+    dry = subprocess.run(["bash", str(SCRIPT), "--dry-run", *args], cwd=work, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHON": "python"})
+    lines = dry.stdout.strip().splitlines()
+    assert dry.returncode == 0 and len(lines) == 2, dry.stderr
+    assert lines[0].endswith(" --eval_epochs 1 --batch_size 2 --lr 0.002 --epochs 1 "
+                             f"--data_dir {tiny_data} --output_dir {work}/out"), lines[0]
+    assert lines[1].endswith(" --eval_epochs 1 --batch_size 4 --epochs 2 --epochs 1 "
+                             f"--data_dir {tiny_data} --output_dir {work}/out"), lines[1]
+    res = subprocess.run(["bash", str(SCRIPT), *args], cwd=work, capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0 and "all runs finished" in res.stdout, res.stdout[-2000:] + res.stderr[-2000:]
+    saved = {c: json.loads((ckpt.run_dir(work / "out", c, 0, 3) / "config.json").read_text())
+             for c in ("cfg_2a", "cfg_2b")}
+    assert (saved["cfg_2a"]["batch_size"], saved["cfg_2a"]["lr"], saved["cfg_2a"]["epochs"]) == (2, 0.002, 1)
+    assert (saved["cfg_2b"]["batch_size"], saved["cfg_2b"]["epochs"]) == (4, 1)
+    assert saved["cfg_2b"]["lr"] == load_config("cfg_2b").lr  # cfg_2a's entry is cfg_2a's only
+    assert all(s["sq_dim"] == 16 and s["max_train_rows"] == 4 for s in saved.values())  # "*": both
+
+
+def test_slurm_dry_run_shows_each_configs_overrides_and_a_bad_file_submits_nothing(tmp_path):
+    over = tmp_path / "o.json"
+    over.write_text('{"cfg_3": {"batch_size": 16}, "cfg_4": ["--num_workers", "2"]}')
+    res = sh("--slurm", "--dry-run", "--configs", "cfg_3,cfg_4", "--folds", "1", "--overrides", str(over), "--",
+             "--output_dir", str(tmp_path / "out"))
+    assert res.returncode == 0, res.stderr
+    assert "OVERRIDES_cfg_3=(  # cfg_3\n  --batch_size 16\n)\nOVERRIDES_cfg_4=(  # cfg_4\n  --num_workers 2\n)" \
+           in res.stdout
+    assert '-- "${!OVERRIDES}" "${TRAIN_ARGS[@]}"' in res.stdout
+    sbatch = tmp_path / "bin" / "sbatch"
+    sbatch.parent.mkdir()
+    sbatch.write_text(f"#!/bin/sh\necho called >> {tmp_path}/sbatch_calls\necho 1\n")
+    sbatch.chmod(0o755)
+    over.write_text('{"cfg_3": {"batch_size": 16}, "cfg_4": {"num_worker": 2}}')
+    bad = sh("--slurm", "--configs", "cfg_3,cfg_4", "--overrides", str(over), "--", "--output_dir",
+             str(tmp_path / "out"), env={"PATH": f"{sbatch.parent}:{os.environ['PATH']}"})
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and bad.stdout == "", bad.stderr
+    assert f"error: {over}: cfg_4: unknown config field 'num_worker'" in bad.stderr and "num_workers?" in bad.stderr
+    assert not (tmp_path / "sbatch_calls").exists() and not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 a demo-sized sweep with its blend job, then a task cancelled mid-run that resumes when the kept array
 script is submitted again, while its finished neighbour is not trained twice; and the multi-node DDP
 script on this one node. Skipped, saying why, where SLURM is not installed."""
+import json
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from slurm_cluster import LocalSlurm, missing_programs
 
-from configs.demo import demo_overrides
+from configs.demo import demo_fields, demo_overrides
 from utils import checkpoint as ckpt
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +42,14 @@ def data(tmp_path_factory):
 
 
 def submit(cluster, out, data, *sweep_args, train_args=()):
-    """./run_train.sh --slurm (CPU tasks, 2 at a time); returns (array job id, blend job id, its output)."""
+    """./run_train.sh --slurm (CPU tasks, 2 at a time); returns (array job id, blend job id or None, its output)."""
     cmd = ["bash", "run_train.sh", "--slurm", "--gpus-per-run", "0", "--cpus-per-run", "1", "--max-parallel", "2",
            "--time", "0:15:00", *sweep_args, "--", "--data_dir", str(data), "--output_dir", str(out), *train_args]
     res = subprocess.run(cmd, cwd=ROOT, env={**cluster.env, "PYTHON": sys.executable}, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
-    array, blend = (re.search(rf"^{kind} job (\d+)", res.stdout, re.M).group(1) for kind in ("array", "blend"))
+    found = (re.search(rf"^{kind} job (\d+)", res.stdout, re.M) for kind in ("array", "blend"))
+    array, blend = (m.group(1) if m else None for m in found)
     return array, blend, res.stdout
 
 
@@ -121,6 +123,24 @@ def test_cancelled_task_resumes_when_the_array_is_submitted_again(cluster, data,
     assert f"\n=== sweep task {array2}_1 on" in log and "was interrupted" in log and "resuming" in log
     assert ckpt.is_finished(slow) and (out / "blend_weights.json").is_file()
     assert len((slow / "metrics.csv").read_text().strip().splitlines()) == 1 + 3  # epochs 1-3, each once
+
+
+def test_one_array_gives_each_config_its_own_overrides(cluster, data, tmp_path):
+    """--overrides: one array over two configs; each task's run trains with its config's entry of the file as
+    it was at submission (the file is broken right after), and the arguments after -- win over it."""
+    out, over = tmp_path / "out", tmp_path / "sizes.json"
+    over.write_text(json.dumps({"*": demo_fields("cfg_2a", epochs=1, max_train_rows=16),
+                                "cfg_2a": {"batch_size": 4}, "cfg_2b": {"batch_size": 2, "epochs": 2}}))
+    array, blend, text = submit(cluster, out, data, "--configs", "cfg_2a,cfg_2b", "--folds", "-1", "--seeds", "5",
+                                "--overrides", str(over), train_args=["--max_train_rows", "8"])
+    over.write_text("{ edited after submission")
+    assert blend is None and "2 run(s)" in text  # fold -1 only: no blend job
+    cluster.wait(array, timeout=300)
+    assert cluster.states(array) == ["COMPLETED"] * 2, cluster.logs()
+    saved = {c: json.loads((ckpt.run_dir(out, c, -1, 5) / "config.json").read_text()) for c in ("cfg_2a", "cfg_2b")}
+    assert {c: (s["batch_size"], s["epochs"], s["max_train_rows"], s["sq_dim"]) for c, s in saved.items()} == {
+        "cfg_2a": (4, 1, 8, 16), "cfg_2b": (2, 2, 8, 16)}
+    assert all(ckpt.is_finished(ckpt.run_dir(out, c, -1, 5)) for c in saved) and not left_running(str(out))
 
 
 def test_ddp_script_on_one_node(cluster, data, tmp_path):

@@ -3,6 +3,7 @@ scripts (executed by bash with a recording stand-in for python), submission orde
 recording stand-in for sbatch), the array task's re-check of a run, and the blend job's check."""
 import os
 import re
+import shlex
 import subprocess
 import sys
 from collections import Counter
@@ -261,3 +262,88 @@ def test_local_runner_slots_and_no_new_start_after_a_failure(tmp_path, monkeypat
     assert log[0].startswith(f"{sweep.LOCAL_HEADER} on ") and log[0].endswith("cfg_1 fold 0 seed 1 was not started")
     assert log[1:] == ["threads=1"]
     assert len(recorded(tmp_path / "calls")) == 2
+
+
+# --- --overrides FILE: per-config train.py arguments --------------------------------------------------
+def write_json(path, text):
+    path.write_text(text)
+    return path
+
+
+def test_overrides_file_gives_each_run_its_configs_arguments_and_the_command_line_wins(tmp_path, monkeypatch,
+                                                                                        capsys):
+    """"*" first, then the config's entry (a mapping or a list of train.py arguments), then the arguments
+    after `--`: locally, in the dry run and in each task of one SLURM array over both configs."""
+    spec = {"sample_rate": 200, "n_fft": 256, "win_length": 128, "hop_length": 128, "n_mels": 16, "f_min": 0.5,
+            "f_max": 20.0}
+    file = write_json(tmp_path / "over.json", """{
+      "*": {"num_workers": 1, "lr": 0.002},
+      "cfg_1": {"batch_size": 4, "pretrained": false, "spec_args": %s, "backbone": "a b"},
+      "cfg_2a": ["--batch_size", "6", "--epochs=3", "--sq_dim", "16"]
+    }""" % str(spec).replace("'", '"'))
+    fake = recorder(tmp_path, "python")
+    monkeypatch.setenv("PYTHON", str(fake))
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "calls"))
+    out = tmp_path / "out"
+    pick = ["--configs", "cfg_1,cfg_2a", "--folds", "0", "--seeds", "5", "--overrides", "over.json"]
+    after = ["--", "--lr", "1e-4", "--output-dir", str(out)]
+    head = {c: ["train.py", "-C", c, "--fold", "0", "--seed", "5"] for c in ("cfg_1", "cfg_2a")}
+    want = {"cfg_1": [*head["cfg_1"], "--num_workers", "1", "--lr", "0.002", "--batch_size", "4", "--pretrained",
+                      "False", "--spec_args", repr(spec), "--backbone", "a b", "--lr", "1e-4", "--output_dir",
+                      str(out)],
+            "cfg_2a": [*head["cfg_2a"], "--num_workers", "1", "--lr", "0.002", "--batch_size", "6", "--epochs=3",
+                       "--sq_dim", "16", "--lr", "1e-4", "--output_dir", str(out)]}
+    assert cli.parse_args([*pick, *after], cwd=tmp_path).overrides.file == str(file)  # from the caller's folder
+
+    assert cli.cli([*pick, "--dry-run", *after]) == 2  # relative to this process's folder: not there
+    assert "cannot read the overrides file" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert cli.cli([*pick, "--dry-run", *after]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{fake} {shlex.join(want[c])}" for c in ("cfg_1", "cfg_2a")]
+    assert cli.cli([*pick, *after]) == 0
+    assert recorded(tmp_path / "calls") == [want["cfg_1"], want["cfg_2a"]]
+
+    (tmp_path / "calls").unlink()
+    opts = cli.parse_args(["--slurm", *pick, *after])
+    script = write_json(tmp_path / "array.sbatch", slurm.array_script(opts.runs(), opts))
+    file.write_text("edited after submission")  # the script holds the arguments as they were
+    for task in ("1", "0"):
+        env = {**os.environ, "PYTHON": str(fake), "RECORD_TO": str(tmp_path / "calls"), "SLURM_ARRAY_TASK_ID": task}
+        subprocess.run(["bash", str(script)], env=env, check=True, timeout=30)
+    task = [["-m", "sweep", "task", c, "0", "5", "--", *want[c][7:]] for c in ("cfg_2a", "cfg_1")]
+    assert recorded(tmp_path / "calls") == task
+
+
+def test_a_bad_overrides_file_is_one_line_naming_it_and_starts_nothing(tmp_path, monkeypatch, capsys):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    recorder(bin_dir, "sbatch", extra="echo 101")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("PYTHON", str(recorder(tmp_path, "python")))
+    monkeypatch.setenv("RECORD_TO", str(tmp_path / "calls"))
+    file, out = tmp_path / "o.json", tmp_path / "out"
+    cases = (('{"cfg_2": {"epochs": 1}}', "unknown config 'cfg_2' (did you mean cfg_2"),
+             ('{"resnet": {}}', "unknown config 'resnet' (the configs are cfg_1, "),
+             ('{"cfg_1": {"bach_size": 8}}', "cfg_1: unknown config field 'bach_size' (not defined in cfg_1; did "
+                                             "you mean batch_size?)"),
+             ('{"*": ["--epochs", "1", "--sq_dim", "8"]}', '"*" (applied to cfg_1): unknown config field \'sq_dim\''),
+             ('{"cfg_1": {"epochs": "many"}}', "cfg_1: bad value for --epochs"),
+             ('{"cfg_1": ["--epochs"]}', "cfg_1: --epochs needs a value"),
+             ('{"cfg_1": ["epochs", "1"]}', "cfg_1: expected --field value, got 'epochs'"),
+             ('{"cfg_1": ["--epochs", 1]}', "cfg_1: expected a mapping"),
+             ('{"cfg_1": {"data_dir": "d"}}', "'data_dir' is the sweep's to choose (give --data-dir to"),
+             ('{"cfg_1": ["--output-dir", "o"]}', "'output_dir' is the sweep's to choose (give --output-dir"),
+             ('{"*": {"seed": 3}}', "'seed' is the sweep's to choose (give --seeds"),
+             ('{"cfg_1": {}, "cfg_1": {"epochs": 1}}', "'cfg_1' is given twice"),
+             ('{"cfg_1": {"epochs": 1,}}', "not JSON (Expecting property name enclosed in double quotes at line 1"),
+             ('["--epochs", "1"]', "expected a JSON object mapping a config"))
+    for text, message in cases:
+        file.write_text(text)
+        for mode in (["--slurm"], []):  # before sbatch is called, before any train.py starts
+            assert cli.cli([*mode, "--configs", "cfg_1", "--overrides", str(file), "--output-dir", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"error: {file}: ") and message in err and len(err.strip().splitlines()) == 1, err
+    file.unlink()
+    assert cli.cli(["--overrides", str(file), "--output-dir", str(out)]) == 2
+    assert f"cannot read the overrides file {file}: No such file" in capsys.readouterr().err
+    assert not (tmp_path / "calls").exists() and not out.exists()

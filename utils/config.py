@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import importlib
 import pkgutil
 from pathlib import Path
@@ -68,26 +69,41 @@ def parse_value(key: str, text: str, current):
         raise ConfigError(f"bad value for --{key}: {err}") from None
 
 
-def apply_overrides(cfg: SimpleNamespace, pairs: list[str]) -> SimpleNamespace:
-    """Apply `['--lr', '3e-4', '--pretrained', 'False', ...]` (or `--lr=3e-4`) to cfg in place."""
+def override_pairs(tokens: list[str]) -> list[tuple[str, str]]:
+    """`['--lr', '3e-4', '--batch-size=8']` -> `[('lr', '3e-4'), ('batch_size', '8')]` (the field names
+    as train.py reads them; both spellings)."""
     items = []
     i = 0
-    while i < len(pairs):
-        token = pairs[i]
+    while i < len(tokens):
+        token = tokens[i]
         if not token.startswith("--"):
             raise ConfigError(f"expected --field value, got '{token}'")
         if "=" in token:
             key, text = token[2:].split("=", 1)
             i += 1
         else:
-            if i + 1 >= len(pairs):
+            if i + 1 >= len(tokens):
                 raise ConfigError(f"--{token[2:]} needs a value")
-            key, text = token[2:], pairs[i + 1]
+            key, text = token[2:], tokens[i + 1]
             i += 2
         items.append((key.replace("-", "_"), text))
-    for key, text in items:
+    return items
+
+
+def override_tokens(fields: dict) -> list[str]:
+    """`{'lr': 3e-4, 'spec_args': {...}}` -> `['--lr', '0.0003', '--spec_args', "{...}"]`: values as
+    train.py's command line takes them back (`parse_value`: lists and dicts as Python literals)."""
+    return [tok for key, value in fields.items()
+            for tok in (f"--{key}", repr(value) if isinstance(value, (dict, list, tuple)) else str(value))]
+
+
+def apply_overrides(cfg: SimpleNamespace, pairs: list[str]) -> SimpleNamespace:
+    """Apply `['--lr', '3e-4', '--pretrained', 'False', ...]` (or `--lr=3e-4`) to cfg in place."""
+    for key, text in override_pairs(pairs):
         if not hasattr(cfg, key):
-            raise ConfigError(f"unknown config field '{key}' (not defined in {cfg.name})")
+            near = difflib.get_close_matches(key, vars(cfg), n=1, cutoff=0.75)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            raise ConfigError(f"unknown config field '{key}' (not defined in {cfg.name}{hint})")
         setattr(cfg, key, parse_value(key, text, getattr(cfg, key)))
     return cfg
 
