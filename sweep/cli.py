@@ -3,8 +3,8 @@
 Usage (./run_train.sh is this command):
   ./run_train.sh [selection] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] [paths] [--overrides F] [-- train.py args]
   ./run_train.sh [selection] --slurm [--partition P] [--gpus-per-run 1] [--cpus-per-run C] [--max-parallel N]
-                 [--time HH:MM:SS] [--blend-partial] [--sbatch-arg ARG] [--dry-run] [paths] [--overrides F]
-                 [-- train.py args]
+                 [--time HH:MM:SS] [--signal-grace S] [--blend-partial] [--sbatch-arg ARG] [--dry-run] [paths]
+                 [--overrides F] [-- train.py args]
 
   selection        --configs cfg_2a,cfg_5a (default: all nine)  --folds 0,1,2,3,-1  --seeds 7,8 (replace the
                    reference seeds of every chosen fold); lists comma- or space-separated
@@ -21,12 +21,16 @@ Usage (./run_train.sh is this command):
   --dry-run        print the train.py commands (with --slurm: the sbatch scripts) and exit
   --slurm          submit a job array (one task per unfinished run) and a blend job after it
                    (CPUs per task: --cpus-per-run, default 8 per GPU for the loader workers, 1 without)
+  --signal-grace S SLURM warns each task S seconds before its --time limit (default 180; 0: off): train.py
+                   finishes its step, saves its place inside the epoch, and the task requeues itself
+                   (--requeue) to go on from there; a run longer than the limit finishes over several slots
   -- train.py args everything after -- goes to every train.py call as it is (the paths among it made
                    absolute), e.g. -- --epochs 1 --lr 1e-4; an unknown option before -- is an error (nothing
                    is trained or submitted)
 Finished runs are skipped, interrupted ones resumed; a run that another live process holds (the train.py of
 another sweep or job) is skipped, naming it. Each run appends to <output_dir>/logs/<cfg>_fold<f>_seed<s>.log,
-a header line per attempt; locally the first failure stops new runs from starting.
+a header line per attempt; locally the first failure stops new runs from starting. Ctrl-C or SIGTERM: the
+runs in progress finish their step and save their place (a start again goes on from there).
 
 Inside SLURM jobs (written into the generated scripts):
   python -m sweep task CFG FOLD SEED [--nproc N] [-- train.py args]   one run, its state checked first
@@ -73,6 +77,7 @@ class Options:
     cpus_per_run: int = None
     max_parallel: int = None
     time: str = None
+    signal_grace: int = 180  # s before the time limit SLURM warns a task (SIGUSR1); 0: no warning, no requeue
     blend_partial: bool = False
     sbatch_args: list = field(default_factory=list)
     nproc: int = 1
@@ -116,7 +121,7 @@ def parser() -> ArgumentParser:
     p.add_list("--gpus")
     p.add_argument("--shard", default="0/1")
     p.add_argument("--partition")
-    for flag in ("--gpus-per-run", "--cpus-per-run", "--max-parallel", "--nproc"):
+    for flag in ("--gpus-per-run", "--cpus-per-run", "--max-parallel", "--nproc", "--signal-grace"):
         p.add_argument(flag)
     p.add_argument("--time")
     p.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[])
@@ -197,7 +202,7 @@ def parse_args(argv, cwd=None) -> Options:
         opts.folds = [_int("--folds", v, -1) for v in ns.folds]
     if ns.seeds is not None:
         opts.seeds = [_int("--seeds", v, 0) for v in ns.seeds]
-    for key, low in (("gpus_per_run", 0), ("cpus_per_run", 1), ("max_parallel", 1), ("nproc", 1)):
+    for key, low in (("gpus_per_run", 0), ("cpus_per_run", 1), ("max_parallel", 1), ("nproc", 1), ("signal_grace", 0)):
         if getattr(ns, key) is not None:
             setattr(opts, key, _int("--" + key.replace("_", "-"), getattr(ns, key), low))
     rest, after = take_paths(argv[cut + 1:])
@@ -285,7 +290,8 @@ def cli(argv=None) -> int:
     try:
         return run_cli(lambda a: status.append(main(a)), argv) or (status[0] if status else 0)
     except KeyboardInterrupt:
-        print("interrupted: the runs in progress were stopped; start again to resume them", file=sys.stderr)
+        print("interrupted: the runs in progress saved their place (resume state); start again to go on from there",
+              file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `--dry-run | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

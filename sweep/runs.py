@@ -168,6 +168,19 @@ def _ends_mid_line(path: Path) -> bool:
         return fh.read(1) != b"\n"
 
 
+STOP_WAIT_S = 300  # how long a stopped train.py may take to finish its step and save its resume state
+_STARTED: set = set()  # the train.py processes running now (for `signal_running`)
+
+
+def signal_running(signum: int) -> int:
+    """Send `signum` to every train.py this process runs now (a SLURM task passing on the time-limit warning);
+    returns how many."""
+    procs = [r.proc for r in list(_STARTED) if r.proc.poll() is None]
+    for proc in procs:
+        proc.send_signal(signum)
+    return len(procs)
+
+
 class _Running:
     """A started job: its process, and (tee) a thread copying its output to the log and the console."""
 
@@ -189,6 +202,7 @@ class _Running:
         self.pump = threading.Thread(target=self._copy, daemon=True) if tee else None
         if self.pump:
             self.pump.start()
+        _STARTED.add(self)
 
     def _copy(self) -> None:
         console = sys.stdout.buffer
@@ -202,16 +216,20 @@ class _Running:
 
     def finish(self) -> Result:
         rc = self.proc.wait()
+        _STARTED.discard(self)
         if self.pump:
             self.pump.join()
         self.fh.close()
         return Result(self.job, self.slot, rc, time.perf_counter() - self.t0)
 
     def stop(self) -> None:
+        """SIGTERM: train.py finishes its step and saves its place (utils/stop.py); SIGKILL only after
+        STOP_WAIT_S."""
         if self.proc.poll() is None:
             self.proc.terminate()
+            print(f"{self.job.run}: stopping (it saves its resume state first)", file=sys.stderr, flush=True)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=STOP_WAIT_S)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self.finish()

@@ -3,8 +3,12 @@
 `./run_train.sh --slurm` writes two scripts into <output_dir>/slurm/ (kept there to read, edit and
 resubmit), submits the array, then the blend job with --dependency=afterany on it. Faults:
 - each array task re-checks its run when it starts (`python -m sweep task`): a finished run is
-  never trained twice, an interrupted one (cancelled, timed out, node lost) resumes from its last epoch,
-  so after any fault the same array is simply submitted again;
+  never trained twice, an interrupted one (cancelled, timed out, node lost) resumes from its last resume
+  state, so after any fault the same array is simply submitted again;
+- time limits: tasks are submitted with --signal=B:USR1@<grace> and --requeue. On the warning the task
+  passes SIGTERM to train.py, which finishes its step and saves its place inside the epoch (utils/stop.py);
+  then the task requeues itself (`scontrol requeue`) and the next slot goes on from that step. Output is
+  appended across slots (--open-mode=append);
 - afterany, not afterok: with afterok one failed task would leave the blend pending forever
   (DependencyNeverSatisfied) and nobody told why. The blend job instead starts `sweep check`, which
   names every unfinished run (its state, the task that last ran it, how that task ended, the last
@@ -16,6 +20,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -96,10 +101,14 @@ def array_script(todo: list, opts) -> str:
         "#!/bin/bash",
         f"# {len(todo)} training run(s) of the HMS reproduction as a SLURM job array (./run_train.sh --slurm).",
         "# Each task re-checks its run when it starts: a finished run is skipped, an interrupted one resumes",
-        "# from its last epoch. After a cancel, a time-out or a failure, submit this file again as it is.",
+        "# from its resume state. After a cancel, a time-out or a failure, submit this file again as it is.",
+        *(["# SIGUSR1 before the time limit: train.py saves its place and the task requeues itself."]
+          if opts.signal_grace else []),
         "# Edit freely; RUNS and --array must keep the same size.",
         f"#SBATCH --array=0-{len(todo) - 1}{throttle}",
         *sbatch_lines(opts, "hms-train", "train_%A_%a.out", opts.gpus_per_run),
+        *([f"#SBATCH --signal=B:USR1@{opts.signal_grace}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
+          if opts.signal_grace else []),
         "",
         python_line(),
         "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
@@ -147,6 +156,8 @@ def check_options(opts) -> None:
     if opts.shard != (0, 1) or opts.gpus:
         raise ConfigError("--shard and --gpus are for local runs; with --slurm every selected run becomes an "
                           "array task (pick runs with --configs / --folds / --seeds)")
+    if opts.signal_grace > 65535:
+        raise ConfigError(f"--signal-grace expects seconds from 0 to 65535 (SLURM's limit), got {opts.signal_grace}")
     if opts.time and not TIME.fullmatch(opts.time):
         raise ConfigError(f"--time expects HH:MM:SS or D-HH:MM:SS, got '{opts.time}'")
     if not opts.dry_run and shutil.which("sbatch") is None:
@@ -216,13 +227,48 @@ def task_id() -> str | None:
     return env.get("SLURM_JOB_ID")
 
 
+class TimeLimitWarning:
+    """SLURM's SIGUSR1 before the time limit (--signal=B:USR1@grace reaches this task process only): pass
+    SIGTERM on to train.py (torchrun hands it to its ranks), which saves its place, and note it; the task
+    requeues itself once train.py has ended. Installed while the task runs train.py."""
+
+    def __init__(self):
+        self.received = False
+
+    def __call__(self, signum, frame) -> None:
+        self.received = True
+        runs.signal_running(signal.SIGTERM)
+
+    def install(self) -> "TimeLimitWarning":
+        signal.signal(signal.SIGUSR1, self)
+        return self
+
+
+def requeue(run) -> int:
+    """Put this task back in the queue (`scontrol requeue`, allowed by --requeue); it resumes the run."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        print(f"{run}: saved its place; no SLURM job to requeue: submit again to go on", flush=True)
+        return 1
+    print(f"{run}: saved its place before the time limit; requeueing job {job}, which goes on from there",
+          flush=True)
+    proc = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{run}: scontrol requeue {job} failed ({(proc.stderr or proc.stdout).strip()[-200:]}): submit the "
+              f"array again to go on", flush=True)
+    return proc.returncode
+
+
 def run_task(run, opts) -> int:
     """One run as an array task: its state is checked now (finished: nothing to do; held by another live
     process, e.g. a task of an earlier array: left to it; interrupted: resume), its train.py output
-    appended to the run's log after a header naming the task."""
+    appended to the run's log after a header naming the task. SLURM's time-limit warning: `TimeLimitWarning`."""
+    warning = TimeLimitWarning().install()
     settle(run, opts.output_dir)
     state = run.state(opts.output_dir)
-    header = f"{runs.TASK_HEADER} {task_id() or '(no slurm job)'} on {socket.gethostname()}: {run} was {state}"
+    restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
+    header = (f"{runs.TASK_HEADER} {task_id() or '(no slurm job)'}{'' if restarts == '0' else f' (requeued {restarts}x)'}"
+              f" on {socket.gethostname()}: {run} was {state}")
     if state == ckpt.FINISHED:
         print(f"{header}: already finished, not trained again", flush=True)
         return 0
@@ -234,7 +280,10 @@ def run_task(run, opts) -> int:
     job = runs.Job(run, opts.output_dir, opts.run_args(run.config), header=header, launcher=launcher)
     print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
           f"train.py output: {runs.ROOT / job.log}", flush=True)
-    [res] = runs.run_jobs([job], busy=lambda j: runs.busy(j.run, opts.output_dir))
+    [res] = runs.run_jobs([job], busy=lambda j: "the time limit is near" if warning.received else
+                          runs.busy(j.run, opts.output_dir))
+    if warning.received and run.state(opts.output_dir) != ckpt.FINISHED:
+        return requeue(run)
     if res.skipped:
         print(f"{run}: not trained here ({res.skipped})", flush=True)
         return 0

@@ -2,7 +2,8 @@
 
 Debian's slurm-wlm and munge packages (.ci/run installs them). Everything (key, socket, state, spool, logs,
 slurm.conf) lives in one short temporary folder; the ports are free ones; the client commands reach this
-cluster through SLURM_CONF in `env`. `stop()` cancels what is left, stops the three daemons by the PIDs
+cluster through SLURM_CONF in `env`. cred_expire=10: a requeued job may start again after 10 s, not SLURM's
+default 120 s. `stop()` cancels what is left, stops the three daemons by the PIDs
 it started and removes the folder.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ SlurmdPort={d_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={dir}/munge.sock
+AuthInfo=socket={dir}/munge.sock,cred_expire=10
 CredType=cred/munge
 StateSaveLocation={dir}/state
 SlurmdSpoolDir={dir}/spool

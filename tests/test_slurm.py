@@ -3,12 +3,14 @@ a demo-sized sweep with its blend job, then a task cancelled mid-run that resume
 script is submitted again, while its finished neighbour is not trained twice; and the multi-node DDP
 script on this one node. Skipped, saying why, where SLURM is not installed."""
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from slurm_cluster import LocalSlurm, missing_programs
 
@@ -123,6 +125,34 @@ def test_cancelled_task_resumes_when_the_array_is_submitted_again(cluster, data,
     assert f"\n=== sweep task {array2}_1 on" in log and "was interrupted" in log and "resuming" in log
     assert ckpt.is_finished(slow) and (out / "blend_weights.json").is_file()
     assert len((slow / "metrics.csv").read_text().strip().splitlines()) == 1 + 3  # epochs 1-3, each once
+
+
+def test_a_run_longer_than_its_time_limit_finishes_over_requeued_slots_and_equals_the_uninterrupted_run(
+        cluster, data, tmp_path):
+    """--time 2 with the warning 60 s before: SLURM sends SIGUSR1 60-90 s into each slot (its time-limit checks
+    run every 30 s); train.py saves its place inside the epoch, the task requeues itself, and the next slot goes
+    on. 20 epochs of 16 steps take 100-200 s on these 2 cores: two slots or more. The result equals one uninterrupted train.py."""
+    run_args = [*demo_overrides("cfg_2a", epochs=3, max_train_rows=128), "--epochs", "20", "--eval_epochs", "20"]
+    reference = subprocess.Popen([sys.executable, "train.py", "-C", "cfg_2a", "--fold", "-1", "--seed", "1001",
+                                  *run_args, "--data_dir", str(data), "--output_dir", str(tmp_path / "ref")],
+                                 cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE, text=True)  # as the task runs it: one CPU, one thread
+    out = tmp_path / "out"
+    array, blend, text = submit(cluster, out, data, "--configs", "cfg_2a", "--folds", "-1", "--seeds", "1001",
+                                "--time", "2", "--signal-grace", "60", train_args=run_args)
+    assert blend is None and "#SBATCH --signal=B:USR1@60" in (out / "slurm" / "train_array.sbatch").read_text()
+    cluster.wait(array, timeout=900)
+    assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
+    task_out = (out / "logs" / "slurm" / f"train_{array}_0.out").read_text()  # every slot's, appended
+    assert cluster.states(array) == ["COMPLETED"], task_out + cluster.logs()
+    slots = task_out.count("=== sweep task")
+    assert slots >= 2 and task_out.count("saved its place before the time limit; requeueing") == slots - 1, task_out
+    log = (out / "logs" / "cfg_2a_fold-1_seed1001.log").read_text()
+    assert log.count("stopped by SIGTERM") == slots - 1 and "(requeued 1x)" in log, log
+    run, ref = (ckpt.run_dir(d, "cfg_2a", -1, 1001) for d in (out, tmp_path / "ref"))
+    assert ckpt.is_finished(run)
+    assert (run / "val_logits.csv").read_bytes() == (ref / "val_logits.csv").read_bytes()
+    assert (pd.read_csv(run / "metrics.csv")["train_loss"] == pd.read_csv(ref / "metrics.csv")["train_loss"]).all()
 
 
 def test_one_array_gives_each_config_its_own_overrides(cluster, data, tmp_path):
