@@ -62,24 +62,23 @@ class SweepRun:
 
 
 def settle(run: SweepRun, output_dir, fix: bool = True) -> None:
-    """A finished --force run left in its staging folder (its process died before promoting it) is promoted
-    now under the run's claim (utils/checkpoint.claim_run), or named when that fails; with fix=False (a dry
-    run) only named. A run another process holds is left to it."""
+    """What a process killed at a run's end left (utils/checkpoint.leftovers: a finished --force run in its
+    staging folder, a finished run's resume state) is finished now under the run's claim
+    (utils/checkpoint.claim_run), or named when that fails; with fix=False (a dry run) only named. A run
+    another process holds is left to it."""
     final = run.folder(output_dir)
-    staging = ckpt.staging_dir(final)
-    if not ckpt.is_finished(staging):
+    left = ckpt.leftovers(final)
+    if left is None:
         return
     if not fix:
-        print(f"note: {run}: a finished --force run waits in {staging}; it is promoted when the run is next "
-              f"checked or started", file=sys.stderr)
+        print(f"note: {run}: {left}; it is tidied when the run is next checked or started", file=sys.stderr)
         return
     try:
         ckpt.claim_run(final, say=lambda msg: print(msg, file=sys.stderr, flush=True)).release()
     except claims.ClaimHeld:
         pass
     except OSError as err:
-        print(f"warning: {run}: a finished --force run waits in {staging}; the run cannot be claimed to promote "
-              f"it: {err}", file=sys.stderr)
+        print(f"warning: {run}: {left}; the run cannot be claimed to tidy it: {err}", file=sys.stderr)
 
 
 def busy(run: SweepRun, output_dir) -> str | None:

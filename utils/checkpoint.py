@@ -13,8 +13,9 @@ train.py, run_train.sh (through sweep/), the blend, predict, plot_sample and the
 One process at a time trains a run: it holds the run's claim `.seed<seed>.claim` beside the folder
 (utils/claim.py; `claim_run`), which outlives the folder's removal and a --force promotion. Holding it,
 `claim_run` first finishes what a killed holder left: a finished --force run still in its staging folder
-is promoted (or named when that fails, never deleted), and temporary files of atomic writes older than the
-claim are removed.
+is promoted (or named when that fails, never deleted), a finished run's leftover resume state and replaced
+run are removed (`leftovers` names them, so the sweep claims a finished run to tidy it), and temporary files
+of atomic writes older than the claim are removed.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
-from utils.claim import Claim, ClaimHeld
+from utils.claim import Claim, ClaimHeld, live_holder
 from utils.config import cfg_from_dict
 from utils.io import DataError, atomic_write_text, fsync_path, remove_stale_temps
 
@@ -96,10 +97,27 @@ def promote(staging, final) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def leftovers(final) -> str | None:
+    """What a process killed at the end of a run left that `recover` finishes, in words; None if nothing."""
+    final = Path(final)
+    if is_finished(staging_dir(final)):
+        return f"a finished --force run waits in {staging_dir(final)}"
+    if not is_finished(final):
+        return None
+    if (final / RESUME_FILE).exists():
+        return f"the finished run still holds its resume state {final / RESUME_FILE}"
+    if _old_dir(final).is_dir():
+        return f"the run it replaced is still in {_old_dir(final)}"
+    if claim_file(final).exists() and live_holder(claim_file(final)) is None:
+        return f"the claim {claim_file(final)} of a process that ended is still there"
+    return None
+
+
 def recover(final, say=print) -> None:
-    """Finish what a killed --force run left (the caller holds the run's claim): a finished run in the staging
+    """Finish what a killed run left (the caller holds the run's claim): a finished --force run in the staging
     folder is promoted, or named in one line when that fails (it is never deleted); the replaced run that an
-    interrupted promotion had set aside is removed."""
+    interrupted promotion had set aside is removed; a finished run's resume state (its process died between
+    writing the checkpoint and removing it) is removed."""
     final = Path(final)
     staging, old = staging_dir(final), _old_dir(final)
     if is_finished(staging):
@@ -112,6 +130,8 @@ def recover(final, say=print) -> None:
         say(f"promoted the finished --force run {staging} to {final} (its process ended before promoting it)")
     elif old.is_dir() and is_finished(final):
         shutil.rmtree(old, ignore_errors=True)
+    if is_finished(final):
+        (final / RESUME_FILE).unlink(missing_ok=True)
 
 
 def claim_run(final, say=print) -> Claim:

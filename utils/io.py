@@ -50,21 +50,31 @@ def fsync_path(path) -> None:
         os.close(fd)
 
 
+class WriteError(DataError, OSError):
+    """A file could not be written (a full disk, a lost mount, no permission): one line, and the file's
+    previous content is unchanged. Still an OSError for callers that handle those."""
+
+
 def atomic_write(path, write_fn) -> None:
     """Call write_fn(tmp_path), fsync it, rename onto `path`, fsync the folder: readers never see half a
     file, and after a crash or power loss the path holds either the old or the whole new content. A SIGKILL
-    leaves the temporary `.<name>.*.tmp` behind: `remove_stale_temps` clears it later."""
+    leaves the temporary `.<name>.*.tmp` behind: `remove_stale_temps` clears it later. A failed write (a full
+    disk) raises WriteError and leaves the old file as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write_fn(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
         fsync_path(path.parent)
+    except OSError as err:
+        kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+        raise WriteError(f"cannot write {path}: {err.strerror or err} ({kept})") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
