@@ -6,7 +6,7 @@
 #   ./run_train.sh [--configs cfg_2a,cfg_5a] [--folds 0,1] [--gpus 0,1,2,3] [--shard i/n] [--dry-run] \
 #                  [--data-dir D] [--output-dir O] [--overrides F.json] [-- train.py args]
 #   ./run_train.sh --slurm [--partition P] [--gpus-per-run 1] [--max-parallel N] [--time HH:MM:SS] \
-#                  [--data-dir D] [--output-dir O] [--overrides F.json] [-- train.py args]
+#                  [--signal-grace S] [--data-dir D] [--output-dir O] [--overrides F.json] [-- train.py args]
 #   ./run_train.sh --help                    # every option
 #
 # Options for train.py go after `--` (e.g. `-- --epochs 1`); an unknown option before it is an error.
@@ -15,6 +15,8 @@
 # --data-dir/--output-dir (either spelling, before or after `--`, the last one wins) are relative to the
 # folder this is run from. Finished runs are skipped, interrupted ones resumed; each run logs to
 # <output_dir>/logs/<cfg>_fold<f>_seed<s>.log. $PYTHON (default: python) runs the sweep and every train.py.
+# Ctrl-C: the runs in progress finish their step and save their place. On SLURM a task warned S s before its
+# --time limit (default 180) saves its place and requeues itself, so a long run finishes over several slots.
 set -euo pipefail
 export HMS_SWEEP_CWD="$PWD"  # the caller's folder: sweep/cli.py resolves relative paths against it
 cd "$(dirname "$0")"

@@ -152,6 +152,17 @@ def blend_script(selected: list, opts) -> str:
 
 
 # --- submission -----------------------------------------------------------------------------------
+def time_seconds(text: str) -> int:
+    """SLURM's --time in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    days, _, rest = text.rpartition("-")
+    parts = [int(p) for p in rest.split(":")]
+    if days:
+        h, m, sec = (parts + [0, 0])[:3]
+        return int(days) * 86400 + h * 3600 + m * 60 + sec
+    return {1: lambda m: m * 60, 2: lambda m, sec: m * 60 + sec, 3: lambda h, m, sec: h * 3600 + m * 60 + sec}[
+        len(parts)](*parts)
+
+
 def check_options(opts) -> None:
     if opts.shard != (0, 1) or opts.gpus:
         raise ConfigError("--shard and --gpus are for local runs; with --slurm every selected run becomes an "
@@ -160,6 +171,9 @@ def check_options(opts) -> None:
         raise ConfigError(f"--signal-grace expects seconds from 0 to 65535 (SLURM's limit), got {opts.signal_grace}")
     if opts.time and not TIME.fullmatch(opts.time):
         raise ConfigError(f"--time expects HH:MM:SS or D-HH:MM:SS, got '{opts.time}'")
+    if opts.time and opts.signal_grace and opts.signal_grace >= time_seconds(opts.time):
+        raise ConfigError(f"--signal-grace {opts.signal_grace} s is not below the --time limit {opts.time} "
+                          f"({time_seconds(opts.time)} s): the warning would come at once; lower it (or 0: no warning)")
     if not opts.dry_run and shutil.which("sbatch") is None:
         raise ConfigError("--slurm needs SLURM's sbatch, which is not on PATH (run on a cluster's login node, "
                           "or use --dry-run to see the scripts)")

@@ -1,6 +1,7 @@
 """Stopping inside an epoch and going on (utils/stop.py, train.py): a run stopped after any batch, by
---stop_after_steps, Ctrl-C (with loader workers, the signal sent to the whole process group as a terminal
-does), SIGTERM, or SIGTERM to torchrun under DDP, resumes from that batch and ends with the val_logits.csv,
+--stop_after_steps, Ctrl-C or SIGTERM to the whole process group (as a terminal or scancel send them; with
+loader workers), SIGTERM to train.py alone, stopping ./run_train.sh, or SIGTERM to torchrun under DDP
+(tests/test_ddp.py), resumes from that batch and ends with the val_logits.csv,
 the per-epoch training losses and the weights of the run that was never stopped."""
 import os
 import signal
@@ -78,21 +79,25 @@ def wait_for_training(proc) -> list[str]:
     raise AssertionError("".join(lines))
 
 
-@pytest.mark.parametrize("how", ["ctrl-c to the process group, 2 loader workers", "sigterm"])
+SIGNALS = {"ctrl-c to the process group, 2 loader workers": (signal.SIGINT, True, 2),  # as a terminal sends it
+           "sigterm to the process group, 2 loader workers": (signal.SIGTERM, True, 2),  # as scancel, preemption
+           "sigterm": (signal.SIGTERM, False, 0)}
+
+
+@pytest.mark.parametrize("how", SIGNALS)
 def test_a_signal_mid_epoch_saves_the_position_and_resume_equals_the_uninterrupted_run(reference, tmp_path, how):
     data, ref = reference
     out = tmp_path / "out"
-    ctrl_c = how.startswith("ctrl-c")
-    proc = start(argv(data, out, workers=2 if ctrl_c else 0), start_new_session=True)
+    sig, group, workers = SIGNALS[how]
+    proc = start(argv(data, out, workers=workers), start_new_session=True)
     lines = wait_for_training(proc)
-    if ctrl_c:
-        os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: train.py and its loader workers
+    if group:
+        os.killpg(proc.pid, sig)  # train.py and its loader workers
     else:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     rest = proc.stdout.read()
     proc.wait(timeout=120)
     text = "".join(lines) + rest
-    sig = signal.SIGINT if ctrl_c else signal.SIGTERM
     assert proc.returncode == 128 + sig, text
     state = ckpt.load(ckpt.run_dir(out, "cfg_2a", 0, 6) / ckpt.RESUME_FILE)
     assert state["epoch"] == -1 and 0 < state["batch"] < STEPS, text  # inside the first epoch
@@ -113,3 +118,32 @@ def test_resuming_a_mid_epoch_stop_with_another_process_count_is_one_line(refere
     capsys.readouterr()
     assert run_cli(train.main, argv(data, out, "--resume")) == 2
     assert "stopped inside epoch 1 with 2 process(es); resume it with 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm to the sweep"])
+def test_stopping_run_train_sh_saves_the_runs_place_and_the_next_start_ends_as_the_uninterrupted_run(
+        reference, tmp_path, how):
+    """Ctrl-C reaches the sweep and its train.py (one process group); SIGTERM reaches the sweep only, which
+    passes it on. Either way the run saves its place inside the epoch; ./run_train.sh again finishes it."""
+    data, ref = reference
+    out = tmp_path / "out"
+    over = argv(data, out)[6:]  # all but -C, --fold, --seed: the sweep sets those
+    cmd = ["bash", "run_train.sh", "--configs", "cfg_2a", "--folds", "0", "--seeds", "6", "--", *over]
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "PYTHONUNBUFFERED": "1"}
+    sweep = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             start_new_session=True)
+    lines = wait_for_training(sweep)  # the sweep shows train.py's output on the console
+    if how == "ctrl-c":
+        os.killpg(sweep.pid, signal.SIGINT)
+    else:
+        sweep.send_signal(signal.SIGTERM)
+    text = "".join(lines) + sweep.stdout.read()
+    sweep.wait(timeout=120)
+    assert sweep.returncode == (130 if how == "ctrl-c" else 143), text
+    run = ckpt.run_dir(out, "cfg_2a", 0, 6)
+    state = ckpt.load(run / ckpt.RESUME_FILE)
+    assert state["epoch"] == -1 and 0 < state["batch"] < STEPS, text
+    assert f"after batch {state['batch']}/{STEPS}" in text and "Traceback" not in text
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "resuming" in again.stdout, again.stdout[-2000:] + again.stderr[-2000:]
+    assert_same_run(ref, run)

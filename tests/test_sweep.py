@@ -104,7 +104,9 @@ def test_bad_input_is_one_line(tmp_path, capsys):
     cases = ((["--configs", "cfg_9"], "unknown config 'cfg_9'"), (["--shard", "1/x"], "--shard expects i/n"),
              (["--partiton", "gpu"], "did you mean --partition?"),
              (["--folds", "5"], "bad fold 5"), (["--slurm", "--shard", "0/2"], "--shard and --gpus are for"),
-             (["--slurm", "--time", "soon"], "--time expects"), (["--gpus"], "--gpus needs a value"))
+             (["--slurm", "--time", "soon"], "--time expects"), (["--gpus"], "--gpus needs a value"),
+             (["--slurm", "--time", "2", "--signal-grace", "120"], "--signal-grace 120 s is not below the --time limit 2"),
+             (["--slurm", "--signal-grace", "70000"], "from 0 to 65535"), (["--signal-grace", "-1"], "integer >= 0"))
     for args, message in cases:
         assert cli.cli(["--dry-run", *args, "--output_dir", str(tmp_path)]) == 2
         err = capsys.readouterr().err
@@ -169,6 +171,20 @@ def test_data_and_output_dir_after_the_separator_are_the_sweeps_too(tmp_path, ca
                           "--output_dir", str(out)], cwd=sweep.ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 1 and f"check: 1 of 2 run(s) finished under {out}" in res.stdout, res.stdout + res.stderr
     assert "NOT FINISHED: cfg_1 fold 0 seed 1002" in res.stdout
+
+
+def test_array_tasks_are_warned_before_the_time_limit_and_may_requeue(tmp_path):
+    lines = slurm.array_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path, "--time", "4:00:00")).splitlines()
+    assert {"#SBATCH --signal=B:USR1@180", "#SBATCH --requeue", "#SBATCH --open-mode=append"} <= set(lines)
+    lines = slurm.array_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path, "--signal-grace", "0")).splitlines()
+    assert not [ln for ln in lines if ln.startswith(("#SBATCH --signal", "#SBATCH --requeue"))]
+    blend = slurm.blend_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path))
+    assert "--signal" not in blend and "--requeue" not in blend  # the blend is short and must not loop
+
+
+def test_slurm_time_limits_in_seconds():
+    cases = {"1": 60, "2:30": 150, "1:00:00": 3600, "1-0": 86400, "1-2:3": 93780, "0-0:2:5": 125, "12:00:00": 43200}
+    assert {t: slurm.time_seconds(t) for t in cases} == cases
 
 
 def test_cpu_array_has_no_gpu_request_and_no_throttle_unless_asked(tmp_path):

@@ -5,13 +5,14 @@ While training (`Stop.armed`), a stop signal only asks: the loop finishes the st
 state that holds its position inside the epoch, and exits with status 128 + the signal's number. Outside it
 (building, loading) the signal ends the process at once as an exception (SIGINT: KeyboardInterrupt), so
 `finally` blocks run and claims are released; nothing is lost there. Later signals are only noted: stopping
-takes a step and one write. DataLoader workers ignore the three signals (`ignore_stop_signals`): a Ctrl-C
-reaches the whole process group, and a worker that died of it would break the step being finished; the main
-process shuts its workers down itself.
+takes a step and one write. DataLoader workers leave the stop signals to the main process
+(`ignore_stop_signals`): a Ctrl-C, or scancel's SIGTERM, reaches the whole process group, and a worker that
+died of it would break the step being finished; the main process shuts its workers down itself.
 """
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -77,6 +78,19 @@ class Stop:
 
 
 def ignore_stop_signals() -> None:
-    """For DataLoader workers (see the module docstring)."""
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+    """For DataLoader workers (called first in each): Ctrl-C and SLURM's warning are ignored; SIGTERM ends a
+    worker only when its parent sends it (PyTorch's shutdown of a worker that did not stop in time), so a
+    SIGTERM to the whole process group or job (scancel, a preemption) leaves the workers serving while the
+    main process finishes its step. A worker whose parent died ends itself (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the main process's handler, which fork copied
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+    threading.Thread(target=_end_on_parents_sigterm, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_parents_sigterm(parent: int) -> None:
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    os.kill(os.getpid(), signal.SIGTERM)  # the default action, as the parent's shutdown of its workers expects
