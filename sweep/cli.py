@@ -21,7 +21,8 @@ Usage (./run_train.sh is this command):
   --dry-run        print the train.py commands (with --slurm: the sbatch scripts) and exit
   --slurm          submit a job array (one task per unfinished run) and a blend job after it
                    (CPUs per task: --cpus-per-run, default 8 per GPU for the loader workers, 1 without)
-  --signal-grace S SLURM warns each task S seconds before its --time limit (default 180; 0: off): train.py
+  --signal-grace S SLURM warns each task S seconds before its --time limit (default 180, or 3/4 of a limit
+                   under 4 minutes; 0: off): train.py
                    finishes its step, saves its place inside the epoch, and the task requeues itself
                    (--requeue) to go on from there; a run longer than the limit finishes over several slots
   -- train.py args everything after -- goes to every train.py call as it is (the paths among it made
@@ -77,7 +78,7 @@ class Options:
     cpus_per_run: int = None
     max_parallel: int = None
     time: str = None
-    signal_grace: int = 180  # s before the time limit SLURM warns a task (SIGUSR1); 0: no warning, no requeue
+    signal_grace: int = None  # s before the time limit SLURM warns a task (SIGUSR1); 0: none (sweep/slurm.grace)
     blend_partial: bool = False
     sbatch_args: list = field(default_factory=list)
     nproc: int = 1

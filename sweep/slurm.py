@@ -103,12 +103,12 @@ def array_script(todo: list, opts) -> str:
         "# Each task re-checks its run when it starts: a finished run is skipped, an interrupted one resumes",
         "# from its resume state. After a cancel, a time-out or a failure, submit this file again as it is.",
         *(["# SIGUSR1 before the time limit: train.py saves its place and the task requeues itself."]
-          if opts.signal_grace else []),
+          if grace(opts) else []),
         "# Edit freely; RUNS and --array must keep the same size.",
         f"#SBATCH --array=0-{len(todo) - 1}{throttle}",
         *sbatch_lines(opts, "hms-train", "train_%A_%a.out", opts.gpus_per_run),
-        *([f"#SBATCH --signal=B:USR1@{opts.signal_grace}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
-          if opts.signal_grace else []),
+        *([f"#SBATCH --signal=B:USR1@{grace(opts)}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
+          if grace(opts) else []),
         "",
         python_line(),
         "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
@@ -152,6 +152,17 @@ def blend_script(selected: list, opts) -> str:
 
 
 # --- submission -----------------------------------------------------------------------------------
+DEFAULT_GRACE = 180  # s: a step, a resume state's write and SLURM's up to a minute of lateness, with room
+
+
+def grace(opts) -> int:
+    """Seconds before the time limit the task is warned: --signal-grace, else 180 s, or 3/4 of a --time limit
+    under 4 minutes (a short test slot still trains a while before its warning)."""
+    if opts.signal_grace is not None:
+        return opts.signal_grace
+    return min(DEFAULT_GRACE, time_seconds(opts.time) * 3 // 4) if opts.time else DEFAULT_GRACE
+
+
 def time_seconds(text: str) -> int:
     """SLURM's --time in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
     days, _, rest = text.rpartition("-")
@@ -167,7 +178,7 @@ def check_options(opts) -> None:
     if opts.shard != (0, 1) or opts.gpus:
         raise ConfigError("--shard and --gpus are for local runs; with --slurm every selected run becomes an "
                           "array task (pick runs with --configs / --folds / --seeds)")
-    if opts.signal_grace > 65535:
+    if (opts.signal_grace or 0) > 65535:
         raise ConfigError(f"--signal-grace expects seconds from 0 to 65535 (SLURM's limit), got {opts.signal_grace}")
     if opts.time and not TIME.fullmatch(opts.time):
         raise ConfigError(f"--time expects HH:MM:SS or D-HH:MM:SS, got '{opts.time}'")

@@ -178,6 +178,8 @@ def test_array_tasks_are_warned_before_the_time_limit_and_may_requeue(tmp_path):
     assert {"#SBATCH --signal=B:USR1@180", "#SBATCH --requeue", "#SBATCH --open-mode=append"} <= set(lines)
     lines = slurm.array_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path, "--signal-grace", "0")).splitlines()
     assert not [ln for ln in lines if ln.startswith(("#SBATCH --signal", "#SBATCH --requeue"))]
+    lines = slurm.array_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path, "--time", "1")).splitlines()
+    assert "#SBATCH --signal=B:USR1@45" in lines  # a one-minute limit: warned after 15 s
     blend = slurm.blend_script(sweep.make_runs(["cfg_3"]), slurm_opts(tmp_path))
     assert "--signal" not in blend and "--requeue" not in blend  # the blend is short and must not loop
 
