@@ -193,6 +193,19 @@ def suffix(path: Path) -> str:
     return ".fif.gz" if name.endswith(".fif.gz") else path.suffix.lower()
 
 
+def recordings_in(folder) -> tuple[list[Path], int]:
+    """The recordings directly in `folder` (a FORMATS suffix, not hidden), sorted by name, and how many
+    other entries it holds: sidecar files (.vmrk, .eeg, .fdt, .json, ...) are read through their header,
+    and sub-folders are not searched (name one as an input of its own)."""
+    folder = Path(folder)
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot list the folder: {err.strerror or err}") from None
+    found = [p for p in entries if not p.name.startswith(".") and suffix(p) in FORMATS and p.is_file()]
+    return found, len(entries) - len(found)
+
+
 def open_source(path) -> Source:
     """Open a recording without reading its samples; one-line DataError for a missing, unsupported
     or unreadable file."""

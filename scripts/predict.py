@@ -4,9 +4,10 @@ timeline for each of your own recordings.
     python scripts/predict.py [--data-dir datamount] [--out submission.csv] [--output-dir output]
                               [--blend output/blend_weights.json] [--device auto] [--batch-size 16]
                               [--amp-dtype float16|bfloat16|float32]
-    python scripts/predict.py --recording FILE [FILE ...] [--stride 10] [--out-dir predictions]
+    python scripts/predict.py --recording FILE|FOLDER [...] [--stride 10] [--out-dir predictions]
                               [--allow-missing] [--channel-map FILE] [--event-threshold P]
                               [--output-dir output] ...
+    python scripts/predict.py --bids-root DIR [--stride 10] ...
 
 Kaggle layout: for each eeg of <data_dir>/test.csv (a 50 s recording in <data_dir>/test_eegs/; a
 longer one is scored on its first 50 s, a shorter one zero-padded, each with a warning): each run folder
@@ -27,7 +28,15 @@ the 16 double-banana pairs, and resamples to 200 Hz), scored in 50 s windows eve
 the same runs and blend; per recording it writes <name>_windows.csv, <name>_timeline.png (with the
 file's own annotations), <name>_events.tsv (BIDS events) and <name>_annotations.csv (MNE's CSV
 annotations: runs of windows of a harmful pattern, as top class or with p >= --event-threshold) and
-<name>_file_annotations.tsv into --out-dir and prints a summary line.
+<name>_file_annotations.tsv into --out-dir and prints a summary line. A FOLDER stands for the
+recordings directly in it (sorted; sidecar files and sub-folders passed over); recordings whose names
+would meet are named after their paths (inference/recordings.unique_names). A file that cannot be read,
+decoded or written is one error line and the others are scored; the run ends with a summary table
+(also <out-dir>/summary.tsv) and, if any file failed, an error line and exit code 2.
+
+--bids-root DIR: every sub-*/[ses-*/]eeg/*_eeg.<ext> recording of the BIDS dataset DIR, its outputs in
+DIR/derivatives/hms3rd/ in the same folders (sub-01_task-rest_eeg.edf -> sub-01_task-rest_desc-hms3rd_*),
+with a dataset_description.json and summary.tsv there; nothing is written elsewhere in DIR.
 """
 from __future__ import annotations
 
@@ -40,7 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import recording  # noqa: E402
 from engine.precision import AMP_DTYPES  # noqa: E402
-from inference.recordings import score_recordings  # noqa: E402
+from inference import bids  # noqa: E402
+from inference.recordings import batch_of, score_recordings  # noqa: E402
 from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.io import atomic_write_csv, run_cli  # noqa: E402
@@ -61,10 +71,17 @@ def parse_args(argv=None):
                    help="decoded-recording cache (default: <data_dir>/cache, or ~/.cache/hms3rd when read-only; "
                         "--recording: $HMS_CACHE_DIR/recordings or ~/.cache/hms3rd/recordings)")
     g = p.add_argument_group("your own recordings")
-    g.add_argument("--recording", nargs="+", default=None, metavar="FILE",
-                   help=f"score these files instead of the Kaggle layout ({', '.join(recording.FORMATS)})")
+    which = g.add_mutually_exclusive_group()
+    which.add_argument("--recording", nargs="+", default=None, metavar="PATH",
+                       help=f"score these files, and the recordings directly in these folders, instead of the Kaggle "
+                            f"layout ({', '.join(recording.FORMATS)})")
+    which.add_argument("--bids-root", default=None, metavar="DIR",
+                       help="score every sub-*/[ses-*/]eeg/*_eeg.<ext> recording of this BIDS dataset; outputs in "
+                            "DIR/derivatives/hms3rd/")
     g.add_argument("--stride", type=float, default=10.0, help="seconds between 50 s windows (10: the central 10 s tile)")
-    g.add_argument("--out-dir", default="predictions", help="where <name>_windows.csv and <name>_timeline.png go")
+    g.add_argument("--out-dir", default=None,
+                   help="where <name>_windows.csv, <name>_timeline.png, ... and summary.tsv go (default predictions; "
+                        "not with --bids-root)")
     g.add_argument("--allow-missing", action="store_true",
                    help="score a recording that lacks some montage electrodes (their channels become zeros)")
     g.add_argument("--channel-map", default=None, metavar="FILE",
@@ -78,15 +95,20 @@ def parse_args(argv=None):
         p.error(f"--stride must be > 0 seconds, got {args.stride}")
     if args.event_threshold is not None and not 0 < args.event_threshold <= 1:
         p.error(f"--event-threshold must be in (0, 1], got {args.event_threshold}")
+    if args.bids_root and args.out_dir:
+        p.error("--out-dir does not apply with --bids-root: the outputs go to DIR/derivatives/hms3rd/")
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.recording:
-        return score_recordings(args.recording, args.output_dir, args.blend, args.out_dir, args.stride, args.device,
-                                  args.batch_size, args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype,
-                                  args.channel_map, args.event_threshold)
+    if args.bids_root or args.recording:
+        batch = (bids.bids_batch(args.bids_root, bids.describe_run(args.output_dir, args.blend, args.stride,
+                                                                   args.event_threshold))
+                 if args.bids_root else batch_of(args.recording, args.out_dir or "predictions"))
+        return score_recordings(batch, args.output_dir, args.blend, args.stride, args.device, args.batch_size,
+                                args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype, args.channel_map,
+                                args.event_threshold)
     t0 = time.perf_counter()
     sub, _ = predict_submission(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
                                 args.cache_dir, args.amp_dtype)

@@ -131,6 +131,11 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def error(message: str) -> None:
+    """A one-line error on stderr (what stops a script, or one input of many that the script passes over)."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+
+
 def run_cli(main, argv=None) -> int:
     """Run a script's main; data/config errors print one line on stderr and exit 2."""
     from utils.config import ConfigError
@@ -138,6 +143,6 @@ def run_cli(main, argv=None) -> int:
     try:
         main(argv)
     except (DataError, ConfigError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        error(one_line(err))
         return 2
     return 0
