@@ -71,7 +71,7 @@ def atomic_write(path, write_fn) -> None:
         os.replace(tmp, path)
         fsync_path(path.parent)
     except OSError as err:
-        kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+        kept = f"the previous {path.name} is unchanged" if path.is_file() else "nothing was written"
         raise WriteError(f"cannot write {path}: {err.strerror or err} ({kept})") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
