@@ -49,6 +49,8 @@ from data.synthetic import oracle_kl as synthetic_oracle_kl  # noqa: E402
 from engine import step as opt_step  # noqa: E402
 from engine.build import batch_hook, build_dataset, build_model, maybe_compile  # noqa: E402
 from engine.cpu_cost import cpu_warning  # noqa: E402
+from data.rows import read_rows  # noqa: E402
+from engine.evaluate import predict_logits  # noqa: E402
 from engine.loaders import make_train_loader, make_val_loader  # noqa: E402
 from engine.precision import autocast_ctx, make_scaler, resolve_amp_dtype, setup_backend  # noqa: E402
 from engine.step import to_device  # noqa: E402
@@ -59,8 +61,7 @@ from utils import distributed as dist_utils  # noqa: E402
 from utils import metric  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
 from utils.config import ConfigError, apply_overrides, cfg_to_dict, load_config  # noqa: E402
-from utils.io import (DataError, atomic_write, atomic_write_csv, atomic_write_text, read_csv_checked,  # noqa: E402
-                      require_dir, run_cli)
+from utils.io import DataError, atomic_write, atomic_write_csv, atomic_write_text, run_cli  # noqa: E402
 from utils.seed import draw_seed, get_rng_state, rank_seed, seed_everything, set_rng_state  # noqa: E402
 from utils.stop import Stop, signal_name  # noqa: E402
 
@@ -107,43 +108,6 @@ def check_cfg(cfg) -> None:
 
 
 # --- data -----------------------------------------------------------------------------------------
-def read_rows(cfg) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train rows: fold != f (fold -1: all); validation rows: golden rows of fold f (fold -1: fold 0)."""
-    data_dir = require_dir(cfg.data_dir)
-    need = ("eeg_id", "label_id", "eeg_label_offset_seconds", "fold", *LABEL_COLS)
-    train = read_csv_checked(data_dir / cfg.train_df, need, what="training csv")
-    val = read_csv_checked(data_dir / cfg.val_df, need, what="validation csv")
-    folds = sorted(int(f) for f in train["fold"].unique())
-    if cfg.fold != -1 and cfg.fold not in folds:
-        raise ConfigError(f"bad value for --fold: {cfg.fold} is not a fold of {data_dir / cfg.train_df} "
-                          f"(folds {folds}; -1 trains on all rows)")
-    val_fold = 0 if cfg.fold == -1 else cfg.fold
-    train = train if cfg.fold == -1 else train[train["fold"] != cfg.fold]
-    val = val[val["fold"] == val_fold]
-    if cfg.max_train_rows:
-        train = train.head(cfg.max_train_rows)
-    if cfg.max_val_rows:
-        val = val.head(cfg.max_val_rows)
-    if len(train) == 0:
-        raise DataError(f"{data_dir / cfg.train_df}: no training rows for fold {cfg.fold}")
-    if len(val) == 0:
-        raise DataError(f"{data_dir / cfg.val_df}: no validation rows in fold {val_fold}")
-    if cfg.fold != -1:
-        check_no_leak(train, val, cfg.fold, data_dir / cfg.train_df, data_dir / cfg.val_df)
-    return train.reset_index(drop=True), val.reset_index(drop=True)
-
-
-def check_no_leak(train: pd.DataFrame, val: pd.DataFrame, fold: int, train_path, val_path) -> None:
-    """A patient (or recording) on both sides of a fold would make its validation score a lie."""
-    for col in ("patient_id", "eeg_id"):
-        if col in train.columns and col in val.columns:
-            shared = np.intersect1d(train[col].unique(), val[col].unique())
-            if len(shared):
-                raise DataError(f"fold {fold}: {len(shared)} {col} value(s) in both the training rows ({train_path}) "
-                                f"and the validation rows ({val_path}), e.g. {col} {shared[0]}; every patient "
-                                f"must sit in one fold (make the folds with scripts/make_folds.py)")
-
-
 def vote_shares(df: pd.DataFrame) -> np.ndarray:
     return metric.votes_to_target(df[LABEL_COLS].to_numpy())
 
@@ -162,35 +126,7 @@ def steps_per_epoch(n_rows: int, cfg, info) -> int:
     return per_rank // cfg.batch_size
 
 
-def cosine_schedule(optimizer, total_steps: int):
-    """Cosine from lr to 0 over total_steps, no warm-up (held at 0 beyond the end)."""
-    def factor(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 # --- validation -----------------------------------------------------------------------------------
-@torch.no_grad()
-def predict_logits(model, ds, cfg, info, autocast, loader=None) -> tuple[np.ndarray, float | None]:
-    """Logits for every row of `ds` in row order, gathered on rank 0 from the ranks' slices."""
-    loader = make_val_loader(ds, cfg, info) if loader is None else loader
-    model.eval()
-    parts, loss_sum, n = [], torch.zeros((), device=info.device), 0
-    for batch in tqdm(loader, desc="validation", disable=not info.is_main, leave=False):
-        batch = to_device(batch, info.device)
-        with autocast():
-            out = model(batch)
-        parts.append(out["logits"].float())
-        if "loss" in out:
-            loss_sum += out["loss"].detach().float() * len(out["logits"])
-            n += len(out["logits"])
-    local = torch.cat(parts).cpu().numpy() if parts else np.zeros((0, len(LOGIT_COLS)), np.float32)
-    gathered = dist_utils.gather_objects((local, float(loss_sum), n), info)
-    logits = np.concatenate([g[0] for g in gathered])
-    total_n = sum(g[2] for g in gathered)
-    return logits, (sum(g[1] for g in gathered) / total_n if total_n else None)
-
-
 def oracle_kl(val_df, cfg, log):
     """KL of the latent probabilities (synthetic data only; None on real data or if unusable)."""
     try:
@@ -339,7 +275,7 @@ def build(cfg, opts, info, log, stop: Stop | None = None) -> Training:
     run.model = maybe_compile(build_model(cfg).to(info.device), cfg)
     run.prepare_batch = batch_hook(cfg)  # e.g. ds_2's curriculum weights for the epoch, set on the device
     run.optimizer = opt_step.make_optimizer(run.model.parameters(), cfg, info.device)
-    run.scheduler = cosine_schedule(run.optimizer, cfg.epochs * n_steps)
+    run.scheduler = opt_step.cosine_schedule(run.optimizer, cfg.epochs * n_steps)
     run.scaler = make_scaler(run.amp, info.device)
     run.autocast = autocast_ctx(run.amp, info.device)
     return run

@@ -7,6 +7,8 @@ scaling is on (a fused optimizer, `Adam(fused=True)`, avoids that one too).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -66,3 +68,10 @@ def mean_grads(per_rank: list) -> list:
         present = [g for g in gs if g is not None]
         out.append(sum(present) / len(gs) if present else None)
     return out
+
+
+def cosine_schedule(optimizer, total_steps: int):
+    """Cosine from lr to 0 over total_steps, no warm-up (held at 0 beyond the end)."""
+    def factor(step: int) -> float:
+        return 0.5 * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

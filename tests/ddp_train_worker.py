@@ -14,6 +14,7 @@ import torch
 
 import train
 from engine.build import build_dataset, build_model
+from engine.evaluate import predict_logits
 from engine.loaders import make_train_loader
 from engine.precision import autocast_ctx
 from engine.tracking import Tracker
@@ -41,7 +42,7 @@ def validate(out: Path, jobs_file: str, info) -> None:
     for name, cfg, state, rows in torch.load(jobs_file, weights_only=False):
         model = build_model(cfg)
         model.load_state_dict(state)
-        logits, _ = train.predict_logits(model, build_dataset(rows, cfg, mode="val"), cfg, info,
+        logits, _ = predict_logits(model, build_dataset(rows, cfg, mode="val"), cfg, info,
                                          autocast_ctx("float32", info.device))
         if info.is_main:
             torch.save(torch.from_numpy(logits), out / f"val_{name}.pt")

@@ -27,6 +27,8 @@ import train
 from configs.ensemble import CONFIGS
 from conftest import grow
 from data.signal import LOGIT_COLS
+from data.rows import read_rows
+from engine.evaluate import predict_logits
 from engine.build import batch_hook, build_dataset, build_model
 from utils import checkpoint as ckpt
 from utils.config import load_config
@@ -70,7 +72,7 @@ def reference(cfg, init, keys, amp_dtype: str, world: int) -> tuple[list, int]:
         for p, q in zip(model.parameters(), init):
             p.copy_(q)
     params = list(model.parameters())
-    ds = build_dataset(train.read_rows(cfg)[0], cfg, mode="train")
+    ds = build_dataset(read_rows(cfg)[0], cfg, mode="train")
     hook = batch_hook(cfg)
     # torch's fused Adam, as train.py builds: under fp16 the per-tensor loop's last-bit differences flip fp16
     # roundings of the next forward, and Adam's sign-like early steps carry them to ~1e-4
@@ -218,7 +220,7 @@ def test_validation_with_two_processes_equals_one_for_every_config(tiny_data, tm
             torch.manual_seed(0)
             model = build_model(cfg).eval()
             jobs.append((name, cfg, model.state_dict(), rows))
-            expected[name], _ = train.predict_logits(model, build_dataset(rows, cfg, mode="val"), cfg, DistInfo(),
+            expected[name], _ = predict_logits(model, build_dataset(rows, cfg, mode="val"), cfg, DistInfo(),
                                                      train.autocast_ctx("float32", torch.device("cpu")))
     torch.save(jobs, tmp_path / "jobs.pt")
     torchrun(ROOT / "tests" / "ddp_train_worker.py", "validate", tmp_path, tmp_path / "jobs.pt", cwd=tmp_path)

@@ -10,6 +10,7 @@ import train
 from data.signal import LOGIT_COLS
 from utils import checkpoint as ckpt
 from engine.build import build_model
+from engine.step import cosine_schedule
 from utils.io import run_cli
 
 # cfg_2a (mdl_2 + ds_2, curriculum reloads) shrunk so a CPU step takes about a second
@@ -163,7 +164,7 @@ def test_fold_minus_one_trains_on_all_rows_and_validates_on_fold_0(tiny_data, tm
 def test_schedule_steps_every_batch_and_optimizer_every_accumulation():
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.Adam(model.parameters(), lr=1.0)
-    sched = train.cosine_schedule(opt, 4)
+    sched = cosine_schedule(opt, 4)
     lrs = []
     for _ in range(6):
         lrs.append(opt.param_groups[0]["lr"])

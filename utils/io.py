@@ -1,6 +1,7 @@
 """Checked file reading and durable writes: every failure is one line naming the file and the fault."""
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import tempfile
@@ -142,7 +143,10 @@ def run_cli(main, argv=None) -> int:
 
     try:
         main(argv)
+        return 0
     except (DataError, ConfigError) as err:
         error(one_line(err))
-        return 2
-    return 0
+    # what the failed call held (its traceback's frames: DataLoader iterators and their workers) is freed
+    # now, so the workers are shut down by their loader, not killed at exit (which PyTorch reports)
+    gc.collect()
+    return 2
