@@ -267,7 +267,7 @@ def build(cfg, opts, info, log, stop: Stop | None = None) -> Training:
     work, final = prepare_run_dir(cfg, opts, info, log)
     run = Training(cfg=cfg, info=info, log=log, work=work, final=final, created=not work.exists(),
                    train_df=train_df, val_df=val_df, n_steps=n_steps, start_epoch=0, step=0, history=[], loader=None,
-                   val_loader=None, skip=0, carried_loss=0.0, stop=stop or Stop(log),
+                   val_loader=None, skip=0, carried_loss=0.0, stop=stop or Stop(info.is_main),
                    stop_after_steps=opts.get("stop_after_steps"))
     seed_everything(rank_seed(cfg.seed, info.rank))
     run.amp = resolve_amp_dtype(cfg, info.device)
@@ -321,10 +321,13 @@ def restore_position(run: Training, state: dict) -> None:
     run.skip = state.get("batch", 0)
     if not run.skip:
         return
-    losses = state["epoch_loss"]
+    losses, where = state["epoch_loss"], f"{run.work / ckpt.RESUME_FILE}: stopped inside epoch {run.start_epoch + 1}"
     if len(losses) != run.info.world_size:
-        raise ConfigError(f"{run.work / ckpt.RESUME_FILE}: stopped inside epoch {run.start_epoch + 1} with "
-                          f"{len(losses)} process(es); resume it with {len(losses)} (its batches were split that way)")
+        raise ConfigError(f"{where} with {len(losses)} process(es); resume it with {len(losses)} (its batches were "
+                          f"split that way)")
+    if state["batch_size"] != run.cfg.batch_size:
+        raise ConfigError(f"{where} at --batch_size {state['batch_size']}; resume it with that batch size (its "
+                          f"place is counted in batches)")
     run.carried_loss = losses[run.info.rank]
 
 
@@ -424,7 +427,8 @@ def save_resume_state(run: Training, epoch: int) -> None:
     if run.info.is_main:
         ckpt.save({"model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
                    "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "grads_per_rank": grads,
-                   "epoch": epoch, "batch": run.skip, "epoch_loss": losses, "step": run.step,
+                   "epoch": epoch, "batch": run.skip, "batch_size": run.cfg.batch_size, "epoch_loss": losses,
+                   "step": run.step,
                    "history": run.tracker.history, "rng": rngs, "seed": run.cfg.seed, "device": run.info.device.type,
                    "amp": run.amp}, run.work / ckpt.RESUME_FILE)
 
@@ -508,7 +512,7 @@ def train(cfg, opts, info) -> Path:
     """Build (or restore) and train one run; a run that fails before it saved a resume state leaves no folder."""
     log = print if info.is_main else (lambda *a, **k: None)
     # the run's claim (taken in prepare_run_dir) is released however train() ends; stop signals: utils/stop.py
-    with claims.scope(), Stop(lambda msg: log(msg, flush=True)).installed() as stop:
+    with Stop(announce=info.is_main).installed() as stop, claims.scope():
         run = build(cfg, opts, info, log, stop)  # writes nothing: the folder's first file comes in train_epochs
         try:
             if opts["resume"]:

@@ -291,8 +291,8 @@ def cli(argv=None) -> int:
     try:
         return run_cli(lambda a: status.append(main(a)), argv) or (status[0] if status else 0)
     except KeyboardInterrupt:
-        print("interrupted: the runs in progress saved their place (resume state); start again to go on from there",
-              file=sys.stderr)
+        print("interrupted: the runs in progress were stopped (a run in training saves its place first); start "
+              "again to go on from there", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `--dry-run | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

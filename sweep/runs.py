@@ -171,13 +171,35 @@ STOP_WAIT_S = 300  # how long a stopped train.py may take to finish its step and
 _STARTED: set = set()  # the train.py processes running now (for `signal_running`)
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux /proc; none elsewhere)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields and int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def signal_running(signum: int) -> int:
-    """Send `signum` to every train.py this process runs now (a SLURM task passing on the time-limit warning);
-    returns how many."""
-    procs = [r.proc for r in list(_STARTED) if r.proc.poll() is None]
-    for proc in procs:
-        proc.send_signal(signum)
-    return len(procs)
+    """Send `signum` to every train.py this process runs now (a SLURM task passing on the time-limit warning):
+    under torchrun to its ranks, not to torchrun, which would SIGKILL them 30 s after passing it on; returns how
+    many processes were signalled."""
+    sent = 0
+    for running in list(_STARTED):
+        proc = running.proc
+        if proc.poll() is not None:
+            continue
+        for pid in (children(proc.pid) if running.job.launcher else [proc.pid]):
+            try:
+                os.kill(pid, signum)
+                sent += 1
+            except ProcessLookupError:
+                pass
+    return sent
 
 
 class _Running:
@@ -221,26 +243,30 @@ class _Running:
         self.fh.close()
         return Result(self.job, self.slot, rc, time.perf_counter() - self.t0)
 
-    def stop(self) -> None:
-        """SIGTERM: train.py finishes its step and saves its place (utils/stop.py); SIGKILL only after
-        STOP_WAIT_S."""
+    def terminate(self) -> None:
+        """SIGTERM: a training train.py finishes its step and saves its place (utils/stop.py)."""
         if self.proc.poll() is None:
             self.proc.terminate()
-            print(f"{self.job.run}: stopping (it saves its resume state first)", file=sys.stderr, flush=True)
-            try:
-                self.proc.wait(timeout=STOP_WAIT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            print(f"{self.job.run}: stopping (a run in training saves its place first)", file=sys.stderr, flush=True)
+
+    def stop(self, deadline: float) -> None:
+        """Wait for a terminated run until `deadline` (time.monotonic()), then SIGKILL it."""
+        try:
+            self.proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
         self.finish()
 
 
 def run_jobs(jobs, slots=({},), *, tee=False, stop_on_failure=True, on_start: Callable | None = None,
-             on_end: Callable | None = None, busy: Callable | None = None) -> list[Result]:
+             on_end: Callable | None = None, busy: Callable | None = None,
+             poll: Callable | None = None) -> list[Result]:
     """Run the jobs len(slots) at a time; slot i's env vars (a GPU id, one CPU thread...) go to each
     run it hosts. Output goes to each job's log (and the console with tee). With stop_on_failure no
     job starts after a failure; running ones finish. Interrupted (Ctrl-C, SIGTERM): children stopped.
     busy(job) -> reason or None: asked just before a job starts (a reason: not started) and after it
-    failed (a reason: skipped, not failed; e.g. another process claimed the run first)."""
+    failed (a reason: skipped, not failed; e.g. another process claimed the run first). poll() is called
+    every 0.2 s while jobs run (a SLURM task passes on the time-limit warning there, not in its handler)."""
     pending, running, results = deque(jobs), {}, []
 
     def ended(res):
@@ -268,10 +294,15 @@ def run_jobs(jobs, slots=({},), *, tee=False, stop_on_failure=True, on_start: Ca
             if stop_on_failure and any(not r.ok for r in results) and not running:
                 break
             if running:
+                if poll:
+                    poll()
                 time.sleep(0.2)
-    finally:
+    finally:  # interrupted: every run is told at once, then each gets STOP_WAIT_S to save its place
         for proc in running.values():
-            proc.stop()
+            proc.terminate()
+        deadline = time.monotonic() + STOP_WAIT_S
+        for proc in running.values():
+            proc.stop(deadline)
     return results
 
 

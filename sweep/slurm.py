@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from utils import checkpoint as ckpt
@@ -253,25 +254,42 @@ def task_id() -> str | None:
 
 
 class TimeLimitWarning:
-    """SLURM's SIGUSR1 before the time limit (--signal=B:USR1@grace reaches this task process only): pass
-    SIGTERM on to train.py (torchrun hands it to its ranks), which saves its place, and note it; the task
-    requeues itself once train.py has ended. Installed while the task runs train.py."""
+    """SLURM's SIGUSR1 before the time limit (--signal=B:USR1@grace reaches this task process only). The handler
+    only notes it; the task's loop passes SIGTERM on to train.py (to its ranks under torchrun), which saves its
+    place, and the task requeues itself once train.py has ended."""
 
     def __init__(self):
-        self.received = False
+        self.received, self.passed_on = False, False
 
     def __call__(self, signum, frame) -> None:
         self.received = True
-        runs.signal_running(signal.SIGTERM)
+
+    def pass_on(self) -> None:
+        if self.received and not self.passed_on:
+            self.passed_on = runs.signal_running(signal.SIGTERM) > 0
 
     def install(self) -> "TimeLimitWarning":
         signal.signal(signal.SIGUSR1, self)
         return self
 
 
-def requeue(run) -> int:
-    """Put this task back in the queue (`scontrol requeue`, allowed by --requeue); it resumes the run."""
+def saved_since(run, output_dir, since: float) -> bool:
+    """Did the run write a resume state after `since` (a time.time())?"""
+    try:
+        return (run.folder(output_dir) / ckpt.RESUME_FILE).stat().st_mtime >= since
+    except OSError:
+        return False
+
+
+def requeue(run, progressed: bool) -> int:
+    """Put this task back in the queue (`scontrol requeue`, allowed by --requeue); it resumes the run. Not
+    when train.py saved nothing in this slot: the next slot would only do the same."""
     job = os.environ.get("SLURM_JOB_ID")
+    if not progressed:
+        print(f"{run}: the time-limit warning came before train.py saved a resume state in this slot, so the task is "
+              f"not requeued (it would only repeat itself): give it a longer --time or a smaller --signal-grace and "
+              f"submit the array again", flush=True)
+        return 1
     if not job:
         print(f"{run}: saved its place; no SLURM job to requeue: submit again to go on", flush=True)
         return 1
@@ -288,7 +306,7 @@ def run_task(run, opts) -> int:
     """One run as an array task: its state is checked now (finished: nothing to do; held by another live
     process, e.g. a task of an earlier array: left to it; interrupted: resume), its train.py output
     appended to the run's log after a header naming the task. SLURM's time-limit warning: `TimeLimitWarning`."""
-    warning = TimeLimitWarning().install()
+    warning, started = TimeLimitWarning().install(), time.time()
     settle(run, opts.output_dir)
     state = run.state(opts.output_dir)
     restarts = os.environ.get("SLURM_RESTART_COUNT", "0")
@@ -306,9 +324,9 @@ def run_task(run, opts) -> int:
     print(f"{header}: {'resuming' if state == ckpt.INTERRUPTED else 'starting'}\n$ {shlex.join(job.command())}\n"
           f"train.py output: {runs.ROOT / job.log}", flush=True)
     [res] = runs.run_jobs([job], busy=lambda j: "the time limit is near" if warning.received else
-                          runs.busy(j.run, opts.output_dir))
+                          runs.busy(j.run, opts.output_dir), poll=warning.pass_on)
     if warning.received and run.state(opts.output_dir) != ckpt.FINISHED:
-        return requeue(run)
+        return requeue(run, saved_since(run, opts.output_dir, started))
     if res.skipped:
         print(f"{run}: not trained here ({res.skipped})", flush=True)
         return 0
@@ -317,12 +335,14 @@ def run_task(run, opts) -> int:
     return res.returncode
 
 
-def last_line(path: Path) -> str | None:
+def last_line(path: Path, prefer: str | None = None) -> str | None:
+    """The file's last non-empty line, or its last line holding `prefer` when there is one."""
     try:
         lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return None
-    return lines[-1][-200:] if lines else "(empty)"
+    chosen = [ln for ln in lines if prefer in ln] if prefer else []
+    return (chosen or lines or ["(empty)"])[-1][-200:]
 
 
 def last_attempt(run, output_dir) -> str:
@@ -338,7 +358,7 @@ def last_attempt(run, output_dir) -> str:
         return f"not run by a sweep task{' last' if heads else ''}; log {log}: {last_line(log)}"
     task = heads[-1][len(runs.TASK_HEADER):].split()[0]
     own = abs_dir(output_dir) / "logs" / "slurm" / f"train_{task}.out"
-    ended = last_line(own)
+    ended = last_line(own, prefer="***")  # slurmstepd's line, e.g. *** JOB 12 CANCELLED AT ... DUE TO TIME LIMIT ***
     return f"task {task}" + (f" ended with: {ended} ({own})" if ended else "") + f"; log {log}: {last_line(log)}"
 
 

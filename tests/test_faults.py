@@ -142,3 +142,19 @@ def test_sigkill_while_a_force_run_replaces_the_old_one_then_the_next_start_comp
     run = ckpt.run_dir(out, "cfg_2a", 0, 6)
     assert (run / "val_logits.csv").read_bytes() == (ref / "val_logits.csv").read_bytes()
     assert sorted(p.name for p in run.parent.iterdir()) == ["seed6"]  # no staging, no old run, no claim
+
+
+def test_a_failed_read_inside_an_atomic_write_stays_the_reads_own_error(tmp_path):
+    """Only the write's own failures become WriteError: a source that cannot be read is named as itself."""
+    from utils.io import WriteError, atomic_write
+
+    def copy_missing(tmp):
+        Path(tmp).write_bytes((tmp_path / "missing.eeg").read_bytes())
+
+    with pytest.raises(FileNotFoundError, match="missing.eeg"):
+        atomic_write(tmp_path / "cache.npy", copy_missing)
+    (tmp_path / "cache.npy").mkdir()
+    with pytest.raises(WriteError, match=r"cannot write .*cache.npy: Is a directory \(nothing was written\)"):
+        atomic_write(tmp_path / "cache.npy", lambda tmp: Path(tmp).write_text("x"))
+    assert not list(tmp_path.glob(".*.tmp"))
+

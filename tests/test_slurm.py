@@ -141,7 +141,9 @@ def test_a_run_longer_than_its_time_limit_finishes_over_requeued_slots_and_equal
     array, blend, text = submit(cluster, out, data, "--configs", "cfg_2a", "--folds", "-1", "--seeds", "1001",
                                 "--time", "2", "--signal-grace", "60", train_args=run_args)
     assert blend is None and "#SBATCH --signal=B:USR1@60" in (out / "slurm" / "train_array.sbatch").read_text()
-    cluster.wait(array, timeout=900)
+    blend = sbatch(cluster, f"--dependency=afterany:{array}", "--chdir", ROOT, "--wrap", f"{sys.executable} -m sweep check --configs "
+                   f"cfg_2a --folds -1 --seeds 1001 --output-dir {out}", "--output", tmp_path / "after.out")
+    cluster.wait(array, blend, timeout=900)
     assert reference.wait(timeout=600) == 0, reference.stderr.read()[-2000:]
     task_out = (out / "logs" / "slurm" / f"train_{array}_0.out").read_text()  # every slot's, appended
     assert cluster.states(array) == ["COMPLETED"], task_out + cluster.logs()
@@ -153,6 +155,8 @@ def test_a_run_longer_than_its_time_limit_finishes_over_requeued_slots_and_equal
     assert ckpt.is_finished(run)
     assert (run / "val_logits.csv").read_bytes() == (ref / "val_logits.csv").read_bytes()
     assert (pd.read_csv(run / "metrics.csv")["train_loss"] == pd.read_csv(ref / "metrics.csv")["train_loss"]).all()
+    # a job after the array (afterany, as the blend job) starts only when the requeued task has finished
+    assert "check: 1 of 1 run(s) finished" in (tmp_path / "after.out").read_text()
 
 
 def test_one_array_gives_each_config_its_own_overrides(cluster, data, tmp_path):

@@ -81,7 +81,7 @@ def wait_for_training(proc) -> list[str]:
 
 SIGNALS = {"ctrl-c to the process group, 2 loader workers": (signal.SIGINT, True, 2),  # as a terminal sends it
            "sigterm to the process group, 2 loader workers": (signal.SIGTERM, True, 2),  # as scancel, preemption
-           "sigterm": (signal.SIGTERM, False, 0)}
+           "sigterm": (signal.SIGTERM, False, 0), "sigusr1 (slurm's warning)": (signal.SIGUSR1, False, 0)}
 
 
 @pytest.mark.parametrize("how", SIGNALS)
@@ -107,15 +107,17 @@ def test_a_signal_mid_epoch_saves_the_position_and_resume_equals_the_uninterrupt
     assert_same_run(ref, ckpt.run_dir(out, "cfg_2a", 0, 6))
 
 
-def test_resuming_a_mid_epoch_stop_with_another_process_count_is_one_line(reference, tmp_path, capsys):
+def test_resuming_a_mid_epoch_stop_with_another_batch_size_or_process_count_is_one_line(reference, tmp_path, capsys):
     data, _ = reference
     out = tmp_path / "out"
     assert run_cli(train.main, argv(data, out, "--stop_after_steps", "3")) == 0
     path = ckpt.run_dir(out, "cfg_2a", 0, 6) / ckpt.RESUME_FILE
     state = ckpt.load(path)
+    capsys.readouterr()
+    assert run_cli(train.main, argv(data, out, "--resume", "--batch_size", "3")) == 2
+    assert "stopped inside epoch 1 at --batch_size 2; resume it with that batch size" in capsys.readouterr().err
     state["epoch_loss"] = state["epoch_loss"] * 2  # as if written by 2 processes
     ckpt.save(state, path)
-    capsys.readouterr()
     assert run_cli(train.main, argv(data, out, "--resume")) == 2
     assert "stopped inside epoch 1 with 2 process(es); resume it with 2" in capsys.readouterr().err
 

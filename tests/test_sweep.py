@@ -4,8 +4,10 @@ recording stand-in for sbatch), the array task's re-check of a run, and the blen
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
@@ -365,3 +367,38 @@ def test_a_bad_overrides_file_is_one_line_naming_it_and_starts_nothing(tmp_path,
     assert cli.cli(["--overrides", str(file), "--output-dir", str(out)]) == 2
     assert f"cannot read the overrides file {file}: No such file" in capsys.readouterr().err
     assert not (tmp_path / "calls").exists() and not out.exists()
+
+
+LAUNCHER = """
+import signal, subprocess, sys, time
+out = sys.argv[1]
+child = ("import signal, sys, time; signal.signal(signal.SIGTERM, lambda *a: (open(sys.argv[1], 'w').close(), "
+         "sys.exit(0))); open(sys.argv[1] + '.ready', 'w').close(); time.sleep(60)")
+procs = [subprocess.Popen([sys.executable, "-c", child, f"{out}/rank{r}"]) for r in range(2)]
+signal.signal(signal.SIGTERM, lambda *a: open(f"{out}/launcher", "w").close())
+import os
+while not all(os.path.exists(f"{out}/rank{r}.ready") for r in range(2)):
+    time.sleep(0.05)
+open(f"{out}/ready", "w").close()
+for p in procs:
+    p.wait()
+"""
+
+
+def test_the_time_limit_warning_goes_to_torchruns_ranks_not_to_torchrun(tmp_path, monkeypatch):
+    """torchrun SIGKILLs its ranks 30 s after passing on a SIGTERM, so the task signals the ranks themselves."""
+    monkeypatch.chdir(tmp_path)
+    job = sweep.Job(sweep.SweepRun("cfg_1", 0, 1001), str(tmp_path / "out"), [], launcher=["-c", LAUNCHER, str(tmp_path)])
+    running = sweep._Running(job, 0, {}, tee=False)
+    try:
+        end = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert time.monotonic() < end and running.proc.poll() is None
+            time.sleep(0.1)
+        assert sweep.signal_running(signal.SIGTERM) == 2
+        assert running.proc.wait(timeout=60) == 0  # it ended because its two ranks did
+        assert (tmp_path / "rank0").exists() and (tmp_path / "rank1").exists() and not (tmp_path / "launcher").exists()
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+        running.finish()

@@ -26,7 +26,6 @@ import json
 import os
 import random
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -351,15 +350,3 @@ def scope():
     finally:
         for held in list(_HELD - before):
             held.release()
-
-
-def release_on_sigterm() -> None:
-    """Make SIGTERM (`kill`, a runner stopping its children) end this process as an exception does (exit
-    status 143), so that `finally` blocks run and claims are released. Only where SIGTERM still has its
-    default action (a program's own handler is kept), and only from the main thread."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _exit_143)
-
-
-def _exit_143(signum, frame):
-    raise SystemExit(143)

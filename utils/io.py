@@ -70,13 +70,24 @@ def atomic_write(path, write_fn) -> None:
         write_fn(tmp)
         fsync_path(tmp)
         os.replace(tmp, path)
-        fsync_path(path.parent)
     except OSError as err:
+        if not _about_this_write(err, path):
+            raise  # e.g. write_fn could not read its source: that file's own error
         kept = f"the previous {path.name} is unchanged" if path.is_file() else "nothing was written"
         raise WriteError(f"cannot write {path}: {err.strerror or err} ({kept})") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+    fsync_path(path.parent)
+
+
+def _about_this_write(err: OSError, path: Path) -> bool:
+    """An error of the write itself: no file named (a full disk on write), or the folder, the file or its
+    temporary file named."""
+    if err.filename is None:
+        return True
+    named = Path(os.fsdecode(err.filename))
+    return named in (path, path.parent) or (named.parent == path.parent and named.name.startswith(f".{path.name}."))
 
 
 def remove_stale_temps(folder, older_than: float, pattern: str = ".*.tmp") -> list[Path]:

@@ -24,12 +24,14 @@ def signal_name(signum: int) -> str:
 
 
 class Stop:
-    """The stop request of this process; `install()` it once, `armed()` around the training loop."""
+    """The stop request of this process: `installed()` around a run, `armed()` around its training loop.
+    `announce`: say on stderr that the signal came (written straight to the file descriptor: a handler must not
+    use a buffered stream the interrupted code may be writing)."""
 
-    def __init__(self, say=print):
+    def __init__(self, announce: bool = True):
         self.signum: int | None = None
         self._armed = False
-        self.say = say
+        self.announce = announce
 
     @property
     def requested(self) -> bool:
@@ -55,18 +57,21 @@ class Stop:
     def armed(self):
         self._armed = True
         try:
-            if self.requested:  # it came while building: stop at the first step boundary
-                self.say(f"{signal_name(self.signum)} received: stopping after the next step")
             yield self
         finally:
             self._armed = False
 
     def request(self, signum: int) -> None:
-        """What the handler does while armed (tests and --stop_after_steps call it too)."""
+        """What the handler does while armed: note the first signal (later ones change nothing)."""
         if self.signum is None:
             self.signum = signum
-            self.say(f"{signal_name(signum)} received: finishing this step, then saving a resume state "
-                     f"(kill -9 stops at once and loses the epoch's progress)")
+            if self.announce:
+                msg = (f"\n{signal_name(signum)} received: finishing this step, then saving a resume state "
+                       f"(kill -9 stops at once and loses the epoch's progress)\n")
+                try:
+                    os.write(2, msg.encode())
+                except OSError:
+                    pass
 
     def _handle(self, signum, frame) -> None:
         if self._armed:
