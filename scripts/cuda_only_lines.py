@@ -4,8 +4,8 @@
 
 Runs CPU trainings of a tiny cfg_2a under `coverage` (CUDA hidden): a 2-process gloo run under torchrun
 that stops after epoch 1, then, in one process, its resume in fp16, fresh fp16 runs, a --force retrain that
-stops and resumes, a run that fails mid-training over a cut-off checkpoint, and each error train.py
-raises; and engine.precision.describe(), which train.py does not call (scripts/bench_model.py does).
+stops and resumes, a run that fails mid-training over a cut-off checkpoint, runs stopped inside and at the
+end of an epoch (--stop_after_steps, real SIGTERMs) and their resumes, and each error train.py raises; and engine.precision.describe(), which train.py does not call (scripts/bench_model.py does).
 Then it combines the coverage data and prints every line of the three files that none of these ran, each
 with the branch that makes it CUDA-only, or NOT CUDA-ONLY, and the `a if <cuda test> else b` values only
 CUDA takes on lines the CPU runs (line coverage cannot see those). Exit status 1 when a line the CPU did
@@ -208,6 +208,7 @@ def write_tiny_data(folder: Path) -> Path:
                  "train_folded_6k6c_1up.csv"):
         df.to_csv(folder / name, index=False)
     df.assign(fold=0).to_csv(folder / "one_fold.csv", index=False)  # fold 0 has no training rows
+    pd.concat([df, df.assign(label_id=df["label_id"] + 100_000)]).to_csv(folder / "ddp_train.csv", index=False)  # 12 rows
     df[df.fold != 0].to_csv(folder / "no_fold0.csv", index=False)  # ... nor validation rows
     df.assign(patient_id=df.patient_id.where(df.fold != 1, 0)).to_csv(folder / "leak.csv", index=False)
     df.assign(eeg_id=df.eeg_id.where(df.index > 0, 9999)).to_csv(folder / "missing.csv", index=False)  # no parquet
@@ -236,7 +237,10 @@ def cpu_runs(work: Path) -> None:
     def run(argv, rc, *says):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            got = run_cli(train_main, argv)
+            try:
+                got = run_cli(train_main, argv)
+            except SystemExit as err:  # stopped by a signal: 128 + its number
+                got = err.code
         missing = [s for s in says if s not in buf.getvalue()]
         if got != rc or missing:
             raise SystemExit(f"cuda_only_lines: train.py {' '.join(argv)}: exit {got} (expected {rc}); "
@@ -284,8 +288,45 @@ def cpu_runs(work: Path) -> None:
         "9999.parquet: eeg file not found")
     if cut.parent.exists():
         raise SystemExit(f"cuda_only_lines: the failed run left {cut.parent}")
+    stop_runs(run, base, out)
     if [precision.describe(d) for d in ("float16", "bfloat16", "float32")] != ["fp16", "bf16", "fp32"]:
         raise SystemExit("cuda_only_lines: engine.precision.describe changed")
+
+
+def stop_runs(run, base, out: Path) -> None:
+    """Stops inside and at the end of an epoch (3 batches per epoch here): --stop_after_steps, a refused and a
+    good resume, and real SIGTERMs sent from inside the loop (an optimiser step; a validation)."""
+    import signal
+
+    from engine import step
+    from utils import checkpoint as ckpt
+    from utils import distributed
+
+    def signalled(argv, module, name, says):
+        original = getattr(module, name)
+
+        def send(*a, **k):
+            setattr(module, name, original)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return original(*a, **k)
+        setattr(module, name, send)
+        try:
+            run(argv, 128 + signal.SIGTERM, says)
+        finally:
+            setattr(module, name, original)
+
+    two = ["--seed", "12", "--epochs", "2", "--grad_accumulation", "1", "--eval_epochs", "1"]
+    run(base("0", *two, "--stop_after_steps", "2"), 0, "stopped in epoch 1 after batch 2/3 (--stop_after_steps)")
+    run(base("0", *two, "--resume", "--batch_size", "1"), 2, "resume it with that batch size")
+    path = ckpt.run_dir(out, "cfg_2a", 0, 12) / ckpt.RESUME_FILE
+    state = ckpt.load(path)
+    ckpt.save({**state, "epoch_loss": state["epoch_loss"] * 2}, path)
+    run(base("0", *two, "--resume"), 2, "resume it with 2")
+    ckpt.save(state, path)
+    run(base("0", *two, "--resume"), 0, "resuming", "in epoch 1 after batch 2/3", "done:")
+    run(base("0", *two, "--seed", "13", "--stop_after_steps", "3"), 0, "after epoch 1 (--stop_after_steps)")
+    signalled(base("0", *two, "--seed", "14"), step, "optimizer_step", "stopped by SIGTERM in epoch 1 after batch 1/3")
+    signalled(base("0", *two, "--seed", "15"), distributed, "sync_buffers", "stopped by SIGTERM after epoch 1")
 
 
 def measure(work: Path) -> dict[str, tuple[list[int], list[int]]]:
@@ -297,7 +338,8 @@ def measure(work: Path) -> dict[str, tuple[list[int], list[int]]]:
     cov_run = [sys.executable, "-m", "coverage", "run", "-p", f"--data-file={work / '.coverage'}", f"--include={include}"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     ddp = ["-C", "cfg_2a", "--fold", "0", "--data_dir", str(work / "data"), "--output_dir", str(work / "out"), *SMALL,
-           "--epochs", "2", "--stop_after_epochs", "1", "--eval_epochs", "1", "--grad_accumulation", "2"]
+           "--epochs", "2", "--stop_after_epochs", "1", "--eval_epochs", "1", "--grad_accumulation", "2",
+           "--train_df", "ddp_train.csv", "--log_every", "1"]  # 3 batches per rank: the ranks agree on stopping
     for argv, extra_env in (
             ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
               *cov_run, str(ROOT / "train.py"), *ddp], {"OMP_NUM_THREADS": "1"}),
