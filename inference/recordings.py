@@ -15,6 +15,7 @@ from data import channels, recording
 from data.signal import FS, WINDOW
 from inference import timeline
 from inference.ensemble import describe_amp, ensemble_probs, load_ensemble, resolve_device
+from inference.fast_path import choose_paths, describe_paths
 from utils.io import DataError, atomic_write, atomic_write_csv, warn
 
 
@@ -25,11 +26,12 @@ def output_name(path: Path) -> str:
 
 def score_recordings(files, output_dir, blend_path=None, out_dir="predictions", stride=10.0, device="auto",
                        batch_size=16, num_workers=0, cache_dir=None, allow_missing=False, amp_dtype=None,
-                       channel_map=None, event_threshold=None) -> dict:
+                       channel_map=None, event_threshold=None, fast_path="auto") -> dict:
     """Score each file in 50 s windows every `stride` s: {file: window table}; writes the outputs.
     `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast dtype (inference/ensemble.py);
     `channel_map`: a channel map file (data/channels.read_channel_map) for every file; `event_threshold`:
-    a window is also part of a class's event when its probability for it reaches this."""
+    a window is also part of a class's event when its probability for it reaches this; `fast_path`: auto (on
+    the CPU each config runs on the fastest path within 0.01 of float32, inference/fast_path.py) or off."""
     dev = resolve_device(device)  # first: an unusable device is one line before any file is read
     if event_threshold is not None and not 0 < event_threshold <= 1:
         raise DataError(f"--event-threshold must be in (0, 1], got {event_threshold}")
@@ -61,11 +63,12 @@ def score_recordings(files, output_dir, blend_path=None, out_dir="predictions", 
         parts.append(pd.DataFrame({"eeg_id": i, "eeg_label_offset_seconds": starts[-1] / FS}))
     windows = pd.concat(parts, ignore_index=True)
     n_runs = sum(len(r) for r in runs.values())
+    paths = choose_paths(runs, windows, dev, store, batch_size, amp_dtype, fast_path)
     print(f"{len(recs)} recording(s), {len(windows)} window(s), {len(runs)} config(s), {n_runs} run(s), device {dev}, "
-          f"{describe_amp(runs, dev, amp_dtype)}")
+          f"{describe_paths(paths) if paths else describe_amp(runs, dev, amp_dtype)}")
     t0 = time.perf_counter()
     probs, _ = ensemble_probs(weights, runs, windows, dev, batch_size, num_workers, store, "windows", "win*run",
-                              amp_dtype)
+                              amp_dtype, paths)
     secs = time.perf_counter() - t0
     print(f"scored {len(windows)} window(s) in {secs:.1f} s ({len(windows) / max(secs, 1e-9):.1f} windows/s)")
     tables, first = {}, 0

@@ -6,7 +6,7 @@ timeline for each of your own recordings.
                               [--amp-dtype float16|bfloat16|float32]
     python scripts/predict.py --recording FILE [FILE ...] [--stride 10] [--out-dir predictions]
                               [--allow-missing] [--channel-map FILE] [--event-threshold P]
-                              [--output-dir output] ...
+                              [--fast-path auto|off] [--output-dir output] ...
 
 Kaggle layout: for each eeg of <data_dir>/test.csv (a 50 s recording in <data_dir>/test_eegs/; a
 longer one is scored on its first 50 s, a shorter one zero-padded, each with a warning): each run folder
@@ -28,6 +28,15 @@ the same runs and blend; per recording it writes <name>_windows.csv, <name>_time
 file's own annotations), <name>_events.tsv (BIDS events) and <name>_annotations.csv (MNE's CSV
 annotations: runs of windows of a harmful pattern, as top class or with p >= --event-threshold) and
 <name>_file_annotations.tsv into --out-dir and prints a summary line.
+
+--fast-path auto (the default; --recording on the CPU): each config runs on the fastest of float32,
+channels_last (2D models) and bfloat16 autocast (where the CPU has AVX512-BF16 or AMX; never float16)
+whose probabilities on the first batch of windows, with the config's first run, are within 0.01 of
+float32's (inference/fast_path.py). One line per config gives each path's windows/s and difference, and
+the header line names the paths. A config with too few windows to repay the timing keeps float32.
+--fast-path off, an explicit --amp-dtype, or a device other than the CPU: each run under its config's
+precision, as in training. The Kaggle layout always runs as in training: its few 50 s recordings would
+not repay the timing.
 """
 from __future__ import annotations
 
@@ -40,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data import recording  # noqa: E402
 from engine.precision import AMP_DTYPES  # noqa: E402
+from inference.fast_path import MODES as FAST_PATH_MODES  # noqa: E402
 from inference.recordings import score_recordings  # noqa: E402
 from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -73,6 +83,10 @@ def parse_args(argv=None):
     g.add_argument("--event-threshold", type=float, default=None, metavar="P",
                    help="a window is part of a harmful pattern's event when it is its top class or, with this, "
                         "when its probability reaches P")
+    g.add_argument("--fast-path", default="auto", choices=list(FAST_PATH_MODES),
+                   help="auto: on the CPU each config runs on its fastest path (fp32, channels_last, bf16) whose "
+                        "probabilities on the first batch of windows are within 0.01 of fp32's; off (and with "
+                        "--amp-dtype, on a GPU, or for the Kaggle layout): each run's config precision, as in training")
     args = p.parse_args(argv)
     if not args.stride > 0:
         p.error(f"--stride must be > 0 seconds, got {args.stride}")
@@ -86,7 +100,7 @@ def main(argv=None):
     if args.recording:
         return score_recordings(args.recording, args.output_dir, args.blend, args.out_dir, args.stride, args.device,
                                   args.batch_size, args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype,
-                                  args.channel_map, args.event_threshold)
+                                  args.channel_map, args.event_threshold, fast_path=args.fast_path)
     t0 = time.perf_counter()
     sub, _ = predict_submission(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
                                 args.cache_dir, args.amp_dtype)
