@@ -5,8 +5,9 @@ validation mode (no augmentation) on any rows, and blended (the blend's weights 
 Precision as in training (engine/precision.py): each run's model runs under the autocast of its own config
 (`resolve_amp_dtype`: float16 on CUDA for a mixed_precision config, float32 on the CPU unless cpu_amp or an
 explicit amp_dtype), or under one dtype for every run (`amp_dtype`, predict.py's --amp-dtype); float32 is no
-autocast. Runs sharing a pass over the data may differ in it (amp_dtype is a run-only key). Logits are summed
-in float32 or wider."""
+autocast. Runs sharing a pass over the data may differ in it (amp_dtype is a run-only key). predict.py
+--recording may instead name one path per config (`paths`: autocast dtype and memory format, chosen on the CPU by
+inference/fast_path.py). Logits are summed in float32 or wider."""
 from __future__ import annotations
 
 import json
@@ -93,25 +94,33 @@ def _signature(cfg) -> str:
                       default=str)
 
 
+def _model_and_autocast(run, cfg, device, amp_dtype, path):
+    """(model, autocast factory) of one run: its own precision (or amp_dtype), or `path`'s."""
+    model = load_model(run, cfg, device)
+    if path is None:
+        return model, autocast_ctx(run_amp_dtype(cfg, device, amp_dtype), device)
+    return path.prepare(model), path.autocast(device)
+
+
 def config_logits(runs, df, device, batch_size=16, num_workers=0, progress=None, store=None,
-                  amp_dtype: str | None = None) -> np.ndarray:
+                  amp_dtype: str | None = None, path=None) -> np.ndarray:
     """Mean logits (N, 6) of one config's runs [(run_dir, cfg), ...] on the rows of df, in order
-    (validation mode: no augmentation), each run under its own autocast (`run_amp_dtype`). `store`
+    (validation mode: no augmentation), each run under its own autocast (`run_amp_dtype`), or every run
+    on `path` (an inference/fast_path.ForwardPath: autocast, memory format, grad mode). `store`
     replaces the Kaggle folder's recordings (--recording)."""
     groups: dict[str, list] = {}
     for run, cfg in runs:
         groups.setdefault(_signature(cfg), []).append((run, cfg))
     total = np.zeros((len(df), len(LABEL_COLS)))
     for members in groups.values():
-        models = [(load_model(run, cfg, device), autocast_ctx(run_amp_dtype(cfg, device, amp_dtype), device))
-                  for run, cfg in members]
+        models = [_model_and_autocast(run, cfg, device, amp_dtype, path) for run, cfg in members]
         ds = build_dataset(df, members[0][1], mode="test")
         if store is not None:
             ds.store = store
         loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                             pin_memory=device.type == "cuda")
         row = 0
-        with torch.inference_mode():
+        with torch.inference_mode() if path is None else path.grad_mode():
             for batch in loader:
                 batch = to_device({k: v for k, v in batch.items() if k != "target"}, device)
                 n = len(batch["input"])
@@ -141,9 +150,10 @@ def load_ensemble(output_dir, blend_path, data_dir, cache_dir=None) -> tuple[dic
 
 
 def ensemble_probs(weights, runs, df, device, batch_size=16, num_workers=0, store=None, desc="predict",
-                   unit="rec*run", amp_dtype: str | None = None) -> tuple[np.ndarray, dict]:
+                   unit="rec*run", amp_dtype: str | None = None, paths: dict | None = None) -> tuple[np.ndarray, dict]:
     """The one place for the blend: (probabilities (N, 6), each config's mean logits) on df's rows.
-    `amp_dtype` (float16, bfloat16, float32) replaces every run's own autocast dtype."""
+    `amp_dtype` (float16, bfloat16, float32) replaces every run's own autocast dtype; `paths` {config:
+    ForwardPath} (inference/fast_path.choose_paths) replaces both for the configs it names."""
     n_runs = sum(len(r) for r in runs.values())
     dtypes = amp_dtypes(runs, device, amp_dtype)
     # once, as train.py does. TF32 matmuls only when every run is float32: a float16/bfloat16 run trained
@@ -153,7 +163,8 @@ def ensemble_probs(weights, runs, df, device, batch_size=16, num_workers=0, stor
     with tqdm(total=len(df) * n_runs, desc=desc, unit=unit, disable=None) as bar:
         for cfg, members in runs.items():
             bar.set_postfix_str(cfg)
-            logits[cfg] = config_logits(members, df, device, batch_size, num_workers, bar, store, amp_dtype)
+            logits[cfg] = config_logits(members, df, device, batch_size, num_workers, bar, store, amp_dtype,
+                                        (paths or {}).get(cfg))
     names = list(logits)
     blended = blend.blend_logits(np.stack([logits[c] for c in names], axis=2),
                                  [weights["weights"][c] for c in names], weights["bias"])

@@ -20,6 +20,7 @@ from data import channels, recording
 from data.signal import CLASSES, FS, WINDOW
 from inference import timeline
 from inference.ensemble import describe_amp, ensemble_probs, load_ensemble, resolve_device
+from inference.fast_path import choose_paths, describe_paths
 from utils.io import DataError, atomic_write, atomic_write_csv, atomic_write_text, error, one_line, warn
 
 SUMMARY_FILE = "summary.tsv"
@@ -165,12 +166,14 @@ def _decode(store, i: int, rec, n: int, stride: float) -> tuple[np.ndarray, bool
 
 def score_recordings(batch: Batch, output_dir, blend_path=None, stride=10.0, device="auto", batch_size=16,
                      num_workers=0, cache_dir=None, allow_missing=False, amp_dtype=None, channel_map=None,
-                     event_threshold=None) -> dict:
+                     event_threshold=None, fast_path="auto") -> dict:
     """Score each recording of `batch` in 50 s windows every `stride` s: {file: window table}; writes the
     outputs and the summary table. `amp_dtype` (float16, bfloat16, float32) replaces each run's own autocast
     dtype (inference/ensemble.py); `channel_map`: a channel map file (data/channels.read_channel_map) for
     every file; `event_threshold`: a window is also part of a class's event when its probability for it
-    reaches this. A failed file: one error line, the others scored, then a DataError saying how many failed."""
+    reaches this; `fast_path`: auto (on the CPU each config runs on the fastest path within 0.01 of float32,
+    inference/fast_path.py) or off. A failed file: one error line, the others scored, then a DataError saying
+    how many failed."""
     dev = resolve_device(device)  # first: an unusable device is one line before any file is read
     if event_threshold is not None and not 0 < event_threshold <= 1:
         raise DataError(f"--event-threshold must be in (0, 1], got {event_threshold}")
@@ -196,7 +199,7 @@ def score_recordings(batch: Batch, output_dir, blend_path=None, stride=10.0, dev
           f"into {cache_root}")
     tables, rows = {}, {}
     if starts:
-        probs = _score(store, starts, weights, runs, dev, batch_size, num_workers, amp_dtype)
+        probs = _score(store, starts, weights, runs, dev, batch_size, num_workers, amp_dtype, fast_path)
         for i, p in probs.items():
             t, rec = items[i]
             table = timeline.window_table(starts[i], p, timeline.gap_seconds(store.recording(i), starts[i]))
@@ -213,16 +216,18 @@ def score_recordings(batch: Batch, output_dir, blend_path=None, stride=10.0, dev
     return tables
 
 
-def _score(store, starts: dict, weights, runs, dev, batch_size, num_workers, amp_dtype) -> dict:
-    """One pass of the ensemble over every window of every decoded recording: {recording: probabilities}."""
+def _score(store, starts: dict, weights, runs, dev, batch_size, num_workers, amp_dtype, fast_path="auto") -> dict:
+    """One pass of the ensemble over every window of every decoded recording: {recording: probabilities}; each
+    config on its fastest path within 0.01 of float32 on the CPU (`fast_path` auto, inference/fast_path.py)."""
     windows = pd.concat([pd.DataFrame({"eeg_id": i, "eeg_label_offset_seconds": s / FS}) for i, s in starts.items()],
                         ignore_index=True)
     n_runs = sum(len(r) for r in runs.values())
+    paths = choose_paths(runs, windows, dev, store, batch_size, amp_dtype, fast_path)
     print(f"{len(starts)} recording(s), {len(windows)} window(s), {len(runs)} config(s), {n_runs} run(s), device {dev}, "
-          f"{describe_amp(runs, dev, amp_dtype)}")
+          f"{describe_paths(paths) if paths else describe_amp(runs, dev, amp_dtype)}")
     t0 = time.perf_counter()
     probs, _ = ensemble_probs(weights, runs, windows, dev, batch_size, num_workers, store, "windows", "win*run",
-                              amp_dtype)
+                              amp_dtype, paths)
     secs = time.perf_counter() - t0
     print(f"scored {len(windows)} window(s) in {secs:.1f} s ({len(windows) / max(secs, 1e-9):.1f} windows/s)")
     bounds = np.cumsum([0] + [len(s) for s in starts.values()])

@@ -20,9 +20,16 @@ class Net(nn.Module):
         self.backbone = create_backbone(cfg, in_chans=cfg.in_chans, fresh_stem=self.fresh_stem)
         self.pool = GeM(p=cfg.gem_p_init, eps=1e-6)
         self.head = nn.Linear(self.backbone.num_features, cfg.n_classes)
-        self.channels_last = bool(cfg.channels_last)
-        if self.channels_last:  # NHWC convolutions (faster on tensor cores); `.to(device)` keeps the format
-            self.backbone.to(memory_format=torch.channels_last)
+        self.channels_last = False
+        if cfg.channels_last:
+            self.set_channels_last(True)
+
+    def set_channels_last(self, on: bool) -> None:
+        """NHWC convolutions (faster on tensor cores and some CPUs) or the default layout; the values and
+        the state dict are the same either way, and `.to(device)` keeps the format. Inference switches a
+        built model (inference/fast_path.py)."""
+        self.channels_last = on
+        self.backbone.to(memory_format=torch.channels_last if on else torch.contiguous_format)
 
     def channel_dropout(self, x: torch.Tensor) -> torch.Tensor:
         """Training only: zero whole channels (dim 1) per sample."""

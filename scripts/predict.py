@@ -5,7 +5,7 @@ timeline for each of your own recordings.
                               [--blend output/blend_weights.json] [--device auto] [--batch-size 16]
                               [--amp-dtype float16|bfloat16|float32]
     python scripts/predict.py --recording FILE|FOLDER [...] [--stride 10] [--out-dir predictions]
-                              [--allow-missing] [--channel-map FILE] [--event-threshold P]
+                              [--allow-missing] [--channel-map FILE] [--event-threshold P] [--fast-path auto|off]
                               [--output-dir output] ...
     python scripts/predict.py --bids-root DIR [--stride 10] ...
 
@@ -37,6 +37,15 @@ decoded or written is one error line and the others are scored; the run ends wit
 --bids-root DIR: every sub-*/[ses-*/]eeg/*_eeg.<ext> recording of the BIDS dataset DIR, its outputs in
 DIR/derivatives/hms3rd/ in the same folders (sub-01_task-rest_eeg.edf -> sub-01_task-rest_desc-hms3rd_*),
 with a dataset_description.json and summary.tsv there; nothing is written elsewhere in DIR.
+
+--fast-path auto (the default; recordings on the CPU): each config runs on the fastest of float32,
+channels_last (2D models) and bfloat16 autocast (where the CPU has AVX512-BF16 or AMX; never float16)
+whose probabilities on the first batch of windows, with the config's first run, are within 0.01 of
+float32's (inference/fast_path.py). One line per config gives each path's windows/s and difference, and
+the header line names the paths. A config with too few windows to repay the timing keeps float32.
+--fast-path off, an explicit --amp-dtype, or a device other than the CPU: each run under its config's
+precision, as in training. The Kaggle layout always runs as in training: its few 50 s recordings would
+not repay the timing.
 """
 from __future__ import annotations
 
@@ -50,6 +59,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data import recording  # noqa: E402
 from engine.precision import AMP_DTYPES  # noqa: E402
 from inference import bids  # noqa: E402
+from inference.fast_path import MODES as FAST_PATH_MODES  # noqa: E402
 from inference.recordings import batch_of, score_recordings  # noqa: E402
 from inference.submission import predict_submission  # noqa: E402
 from utils.cli import ArgumentParser  # noqa: E402
@@ -90,6 +100,10 @@ def parse_args(argv=None):
     g.add_argument("--event-threshold", type=float, default=None, metavar="P",
                    help="a window is part of a harmful pattern's event when it is its top class or, with this, "
                         "when its probability reaches P")
+    g.add_argument("--fast-path", default="auto", choices=list(FAST_PATH_MODES),
+                   help="auto: on the CPU each config runs on its fastest path (fp32, channels_last, bf16) whose "
+                        "probabilities on the first batch of windows are within 0.01 of fp32's; off (and with "
+                        "--amp-dtype, on a GPU, or for the Kaggle layout): each run's config precision, as in training")
     args = p.parse_args(argv)
     if not args.stride > 0:
         p.error(f"--stride must be > 0 seconds, got {args.stride}")
@@ -108,7 +122,7 @@ def main(argv=None):
                  if args.bids_root else batch_of(args.recording, args.out_dir or "predictions"))
         return score_recordings(batch, args.output_dir, args.blend, args.stride, args.device, args.batch_size,
                                 args.num_workers, args.cache_dir, args.allow_missing, args.amp_dtype, args.channel_map,
-                                args.event_threshold)
+                                args.event_threshold, fast_path=args.fast_path)
     t0 = time.perf_counter()
     sub, _ = predict_submission(args.data_dir, args.output_dir, args.blend, args.device, args.batch_size, args.num_workers,
                                 args.cache_dir, args.amp_dtype)
