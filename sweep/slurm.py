@@ -97,19 +97,19 @@ def array_script(todo: list, opts) -> str:
     """One array task per run; the task re-checks the run's state before it trains."""
     throttle = f"%{opts.max_parallel}" if opts.max_parallel else ""
     nproc = ["--nproc", str(opts.gpus_per_run)] if opts.gpus_per_run > 1 else []
-    out, per_config = opts.output_dir, bool(opts.overrides.file)
+    out, per_config, warn_s = opts.output_dir, bool(opts.overrides.file), grace(opts)
     head = [
         "#!/bin/bash",
         f"# {len(todo)} training run(s) of the HMS reproduction as a SLURM job array (./run_train.sh --slurm).",
         "# Each task re-checks its run when it starts: a finished run is skipped, an interrupted one resumes",
         "# from its resume state. After a cancel, a time-out or a failure, submit this file again as it is.",
         *(["# SIGUSR1 before the time limit: train.py saves its place and the task requeues itself."]
-          if grace(opts) else []),
+          if warn_s else []),
         "# Edit freely; RUNS and --array must keep the same size.",
         f"#SBATCH --array=0-{len(todo) - 1}{throttle}",
         *sbatch_lines(opts, "hms-train", "train_%A_%a.out", opts.gpus_per_run),
-        *([f"#SBATCH --signal=B:USR1@{grace(opts)}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
-          if grace(opts) else []),
+        *([f"#SBATCH --signal=B:USR1@{warn_s}", "#SBATCH --requeue", "#SBATCH --open-mode=append"]
+          if warn_s else []),
         "",
         python_line(),
         "export OMP_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}",
@@ -168,11 +168,11 @@ def time_seconds(text: str) -> int:
     """SLURM's --time in seconds: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
     days, _, rest = text.rpartition("-")
     parts = [int(p) for p in rest.split(":")]
-    if days:
+    if days:  # D-H[:M[:S]]
         h, m, sec = (parts + [0, 0])[:3]
-        return int(days) * 86400 + h * 3600 + m * 60 + sec
-    return {1: lambda m: m * 60, 2: lambda m, sec: m * 60 + sec, 3: lambda h, m, sec: h * 3600 + m * 60 + sec}[
-        len(parts)](*parts)
+    else:  # M, M:S or H:M:S
+        h, m, sec = parts if len(parts) == 3 else [0, *parts, 0][:3]
+    return int(days or 0) * 86400 + h * 3600 + m * 60 + sec
 
 
 def check_options(opts) -> None:
